@@ -1,0 +1,260 @@
+package remote
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path"
+	"strings"
+)
+
+// The scripts below run on targets under /bin/sh and use only POSIX sh
+// and utilities every Unix has (tail, head -c, wc, sleep with fractions),
+// plus setsid or perl to detach when present.
+//
+// A supervised command owns a step directory D:
+//
+//	token   the launch token of the Exec call that started it
+//	cmd     the command, with its environment exported first
+//	in      its stdin
+//	boot    the kernel boot id when it started (pids do not survive a reboot)
+//	pid     the process id, also its process group and session id
+//	out err its output
+//	rc      its exit status, written last
+//	killed  written by a stop: the token of the stopped launch
+//	wake    pid of the attached streamer's sleep, killed by the runner
+//	        when it finishes so the result comes back at once
+
+// launchScript starts the command in D unless it already runs or ran,
+// then streams its output from the given offsets and prints a trailer.
+//
+// Arguments: D nonce token fresh out-offset err-offset stdin-size command.
+// Stdout carries "nonce S|A|D" (started, attached to a running command,
+// done already), the command's stdout, then "nonce R code", or instead
+// "nonce K" (stopped), "nonce L" (lost) or "nonce E message". Stderr
+// carries "nonce" then the command's stderr. Whatever the login shell
+// printed before the nonce lines is not the command's and is dropped.
+//
+// With fresh=1 (the caller already delivered a result for this step, so
+// this is a retry), a directory left by another launch is discarded.
+// Otherwise an existing directory is attached to: that is how a resumed
+// job finds the command its crashed controller started.
+const launchScript = `
+d=$1 n=$2 tok=$3 fresh=$4 oo=$5 oe=$6 isz=$7 cmd=$8
+umask 077
+fail() { printf '%s E %s\n' "$n" "$*"; exit 0; }
+j=${d%/*}
+[ -d "$j" ] || mkdir -p "$j" 2>/dev/null || fail "cannot create directory $j on the host"
+in=
+if [ "$isz" -gt 0 ]; then
+	in="$j/.in.$n"
+	trap '[ -e "$in" ] && rm -f "$in"' EXIT
+	cat > "$in" || fail "cannot write $in on the host (disk full?)"
+	[ $(($(wc -c < "$in"))) -eq "$isz" ] || fail "stdin arrived incomplete"
+fi
+bootid() { b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null; }
+alive() {
+	p=; read -r p < "$d/pid" 2>/dev/null; [ -n "$p" ] || return 1
+	if [ -s "$d/boot" ]; then
+		ob=; read -r ob < "$d/boot"; bootid
+		[ "$ob" = "$b" ] || return 1
+	fi
+	kill -s 0 "$p" 2>/dev/null
+}
+discard() {
+	if alive; then kill -s KILL -- "-$p" 2>/dev/null || kill -s KILL "$p" 2>/dev/null; fi
+	rm -rf "$d"
+}
+detach() {
+	if command -v setsid >/dev/null 2>&1; then exec setsid "$@"; fi
+	if command -v perl >/dev/null 2>&1; then exec perl -MPOSIX -e 'POSIX::setsid(); exec @ARGV or die "exec: $!"' "$@"; fi
+	exec "$@"
+}
+start() {
+	mkdir "$d" 2>/dev/null || return 1
+	printf '%s\n' "$tok" > "$d/token"
+	bootid
+	[ -n "$b" ] && printf '%s\n' "$b" > "$d/boot"
+	printf '%s\n' "$cmd" > "$d/cmd"
+	if [ -n "$in" ]; then mv "$in" "$d/in"; else : > "$d/in"; fi
+	: > "$d/out"
+	: > "$d/err"
+	# pid and rc are each written by one small write(2): readers test
+	# them with -s, so they never see a partial record.
+	detach /bin/sh -c '
+		d=$1
+		echo $$ > "$d/pid"
+		/bin/sh "$d/cmd" < "$d/in" > "$d/out" 2> "$d/err"
+		echo $? > "$d/rc"
+		w=; read -r w < "$d/wake" 2>/dev/null && kill "$w" 2>/dev/null
+		exit 0' drover-run "$d" < /dev/null > /dev/null 2>&1 &
+	return 0
+}
+if [ -d "$d" ]; then
+	k=; [ -s "$d/killed" ] && read -r k < "$d/killed"
+	ot=; read -r ot < "$d/token" 2>/dev/null
+	if [ -n "$k" ]; then
+		if [ "$k" = "$tok" ]; then printf '%s K\n' "$n"; exit 0; fi
+		discard
+	elif [ "$fresh" = 1 ] && [ "$ot" != "$tok" ]; then
+		discard
+	fi
+fi
+if start; then
+	mode=S
+else
+	i=0
+	while [ ! -s "$d/pid" ] && [ ! -s "$d/rc" ] && [ ! -e "$d/killed" ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done
+	if [ -e "$d/killed" ]; then printf '%s K\n' "$n"; exit 0; fi
+	if [ ! -s "$d/pid" ] && [ ! -s "$d/rc" ]; then
+		# The launch that created D died before starting the command.
+		rm -rf "$d"
+		start || fail "cannot start the command in $d"
+		mode=S
+	elif [ -s "$d/rc" ]; then
+		mode=D
+	else
+		mode=A
+	fi
+fi
+# From here the launcher's own stderr is silenced: fd 3 carries the
+# command's stderr alone.
+exec 3>&2 2>/dev/null
+printf '%s\n' "$n" >&3
+printf '%s %s\n' "$n" "$mode"
+t=0.01 np=0
+while :; do
+	fin=0
+	[ -s "$d/rc" ] && fin=1
+	if [ ! -d "$d" ] || [ -e "$d/killed" ]; then printf '%s K\n' "$n"; exit 0; fi
+	if [ -s "$d/out" ]; then
+		s=$(($(wc -c < "$d/out")))
+		if [ "$s" -gt "$oo" ]; then tail -c +$((oo+1)) "$d/out" | head -c $((s-oo)); oo=$s; t=0.01; fi
+	fi
+	if [ -s "$d/err" ]; then
+		s=$(($(wc -c < "$d/err")))
+		if [ "$s" -gt "$oe" ]; then tail -c +$((oe+1)) "$d/err" | head -c $((s-oe)) >&3; oe=$s; t=0.01; fi
+	fi
+	[ $fin = 1 ] && break
+	if [ -s "$d/pid" ]; then
+		if ! alive && [ ! -s "$d/rc" ]; then printf '%s L\n' "$n"; exit 0; fi
+	else
+		np=$((np+1))
+		[ $np -gt 100 ] && { printf '%s L\n' "$n"; exit 0; }
+	fi
+	sleep $t & w=$!
+	echo $w > "$d/wake"
+	[ -s "$d/rc" ] && kill $w 2>/dev/null
+	wait $w 2>/dev/null
+	case $t in 0.01) t=0.05 ;; 0.05) t=0.2 ;; 0.2) t=0.5 ;; *) t=1 ;; esac
+done
+rc=; read -r rc < "$d/rc"
+printf '%s R %s\n' "$n" "$rc"
+`
+
+// killScript stops the command in D: it marks D killed with the stopped
+// launch's token (so that launch, if it is still on its way, does not
+// start it), sends SIGTERM to the process group, SIGKILL after the grace
+// period (in tenths of a second), and clears D but the mark.
+//
+// Arguments: D token grace.
+const killScript = `
+d=$1 tok=$2 g=$3
+mkdir -p "${d%/*}" 2>/dev/null
+if mkdir "$d" 2>/dev/null; then printf '%s\n' "$tok" > "$d/killed"; exit 0; fi
+printf '%s\n' "$tok" > "$d/killed.t" && mv "$d/killed.t" "$d/killed"
+i=0
+while [ ! -s "$d/pid" ] && [ ! -s "$d/rc" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+if [ -s "$d/pid" ]; then
+	read -r p < "$d/pid"
+	kill -s TERM -- "-$p" 2>/dev/null || kill -s TERM "$p" 2>/dev/null
+	i=0
+	while kill -s 0 -- "-$p" 2>/dev/null && [ $i -lt "$g" ]; do sleep 0.1; i=$((i+1)); done
+	kill -s KILL -- "-$p" 2>/dev/null
+fi
+for f in out err in cmd rc pid boot token wake; do rm -f "$d/$f"; done
+echo stopped
+`
+
+// forgetScript removes a job's step directories, killing first any
+// command of the job still running (one a failed stop left behind).
+//
+// Arguments: job directory.
+const forgetScript = `
+j=$1
+[ -d "$j" ] || exit 0
+b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+for p in "$j"/*/pid; do
+	[ -s "$p" ] || continue
+	s=${p%/pid}
+	[ "$(cat "$s/boot" 2>/dev/null)" = "$b" ] || continue
+	k=$(cat "$p")
+	kill -s KILL -- "-$k" 2>/dev/null
+done
+rm -rf "$j"
+`
+
+// statScript reports on a path for copy: "dir", "none", or "file HASH"
+// with HASH empty when no sha256 tool is there.
+//
+// Arguments: path.
+const statScript = `
+f=$1
+if [ -d "$f" ]; then echo dir; exit 0; fi
+if [ ! -f "$f" ]; then echo none; exit 0; fi
+# Hashing stdin: sha256sum escapes unusual file names in its output.
+h=$( { sha256sum < "$f" || shasum -a 256 < "$f" || openssl dgst -sha256 -r < "$f"; } 2>/dev/null | cut -c1-64)
+echo "file $h"
+`
+
+// shellCommand builds the exec request for script: the login shell (any
+// Bourne-like shell) runs /bin/sh with the script and its arguments.
+func shellCommand(script string, args ...string) string {
+	var b strings.Builder
+	b.WriteString("exec /bin/sh -c ")
+	b.WriteString(shellQuote(script))
+	b.WriteString(" drover")
+	for _, a := range args {
+		b.WriteByte(' ')
+		b.WriteString(shellQuote(a))
+	}
+	return b.String()
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// safeName makes a path element of an id: readable when the id is, and
+// unique through a hash suffix when characters had to be replaced.
+func safeName(id string) string {
+	var b strings.Builder
+	changed := false
+	for _, r := range id {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+			changed = true
+		}
+	}
+	s := b.String()
+	if len(s) > 80 {
+		s, changed = s[:80], true
+	}
+	if s == "" || strings.HasPrefix(s, ".") {
+		s, changed = "_"+s, true
+	}
+	if changed {
+		sum := sha256.Sum256([]byte(id))
+		s += "-" + hex.EncodeToString(sum[:4])
+	}
+	return s
+}
+
+func (m *Manager) jobDir(jobID string) string {
+	return path.Join(m.opts.RunDir, safeName(jobID))
+}
+
+func (m *Manager) stepDir(jobID, stepKey string) string {
+	return path.Join(m.jobDir(jobID), safeName(stepKey))
+}
