@@ -75,5 +75,27 @@ type Store interface {
 	Workflows(ctx context.Context) ([]*job.Workflow, error)
 	DeleteWorkflow(ctx context.Context, name string) error
 
+	// Schedules (see schedule.go). AddSchedule fails with job.ErrExists
+	// for a name in use; Schedule and DeleteSchedule with job.ErrNotFound
+	// for an unknown one. Schedules lists them by name.
+	AddSchedule(ctx context.Context, sc *job.Schedule) error
+	Schedule(ctx context.Context, name string) (*job.Schedule, error)
+	Schedules(ctx context.Context) ([]*job.Schedule, error)
+	DeleteSchedule(ctx context.Context, name string) error
+	// FireSchedule commits a fire in one transaction: its record, keyed
+	// by (f.Schedule, f.At), the job (when f.Job is set) and the
+	// schedule's move to f.Next. It fails with job.ErrFired, writing
+	// nothing, when the schedule's NextFire is no longer f.At or that key
+	// exists: another server fired it.
+	FireSchedule(ctx context.Context, f *job.Fire) error
+
+	// Lease takes or renews the named lease for holder until the given
+	// time, when holder holds it, nobody does, or its lease expired at
+	// now. It returns who holds it after the attempt, until when.
+	Lease(ctx context.Context, name, holder string, until, now time.Time) (string, time.Time, error)
+	// ReleaseLease gives up holder's lease, so that another takes over
+	// without waiting for it to expire; a no-op if holder does not hold it.
+	ReleaseLease(ctx context.Context, name, holder string) error
+
 	Close() error
 }
