@@ -530,6 +530,17 @@ func (r *run) finish(ctx context.Context, result starlark.Value, runErr error) (
 		u.WakeAt = &zero
 	}
 	u.ClearRequest = true
+	// Step directories on the hosts are cleaned before the end is
+	// committed, once every step result is: a crash in between leaves a
+	// job that resumes, replays and cleans again, where cleaning after
+	// the commit would leave the directories behind for good.
+	forgot := false
+	if state.Ended() && r.remoteHosts() {
+		if err := r.flush(context.WithoutCancel(ctx), &job.Update{}); err == nil {
+			r.forgetHosts(context.WithoutCancel(ctx))
+			forgot = true
+		}
+	}
 	if err := r.flush(context.WithoutCancel(ctx), u); err != nil {
 		if errors.Is(err, job.ErrLeaseLost) {
 			e.log.Warn("job lease lost; another engine owns it now", "job", r.job.ID)
@@ -543,7 +554,7 @@ func (r *run) finish(ctx context.Context, result starlark.Value, runErr error) (
 		}
 		return nil, fmt.Errorf("job %s: committing its %s state: %w", r.job.ID, state, err)
 	}
-	if state.Ended() {
+	if state.Ended() && !forgot {
 		r.forgetHosts(context.WithoutCancel(ctx))
 	}
 	j, err := e.store.Job(context.WithoutCancel(ctx), r.job.ID)
@@ -551,6 +562,17 @@ func (r *run) finish(ctx context.Context, result starlark.Value, runErr error) (
 		return nil, err
 	}
 	return &Outcome{Job: j}, nil
+}
+
+// remoteHosts tells whether the job ran commands on hosts whose executor
+// leaves state there.
+func (r *run) remoteHosts() bool {
+	if _, ok := r.e.remote.(Forgetter); !ok {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.hosts) > 0
 }
 
 // forgetHosts lets the remote executor clean what supervised commands of

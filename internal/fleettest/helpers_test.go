@@ -452,9 +452,12 @@ func (f *fleet) killRemote(cmdline string) {
 }
 
 // uniqueSleep returns a sleep duration no other test uses, so that its
-// process can be found on the target by its command line.
+// process can be found on the target by its command line. Its last digit
+// is never 0: a duration that passes through an inventory var becomes a
+// float, and str() of 5.120 is "5.12", which pgrep would not find.
 func uniqueSleep(base int) string {
-	return strconv.Itoa(base) + "." + strconv.FormatInt(time.Now().UnixNano()%1000000, 10)
+	frac := time.Now().UnixNano()%100000*10 + 1
+	return fmt.Sprintf("%d.%06d", base, frac)
 }
 
 // interval is when a host's command ran, from "host start end" lines.
