@@ -221,3 +221,17 @@ func ParseTimeout(s string) (time.Duration, error) {
 	}
 	return time.ParseDuration(s)
 }
+
+// AddSchedule is POST /api/v1/schedules: drover schedule add.
+type AddSchedule struct {
+	Name     string   `json:"name"`
+	Cron     string   `json:"cron"`
+	Timezone string   `json:"timezone,omitempty"`
+	Workflow string   `json:"workflow"` // a registered workflow's name
+	Params   []string `json:"params,omitempty"`
+}
+
+// ScheduleList answers GET /api/v1/schedules.
+type ScheduleList struct {
+	Schedules []*job.Schedule `json:"schedules"`
+}

@@ -33,6 +33,7 @@ type backend interface {
 	workflows(ctx context.Context) ([]*job.Workflow, error)
 	workflow(ctx context.Context, name string) (*api.Workflow, error)
 	removeWorkflow(ctx context.Context, name string) error
+	scheduleBackend
 }
 
 type jobsQuery struct {

@@ -302,3 +302,26 @@ func (c *Client) AddWorkflow(ctx context.Context, name string, src *job.Source) 
 func (c *Client) RemoveWorkflow(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, api.Prefix+"/workflows/"+url.PathEscape(name), nil, nil, nil)
 }
+
+// Schedules lists the schedules.
+func (c *Client) Schedules(ctx context.Context) ([]*job.Schedule, error) {
+	var out api.ScheduleList
+	if err := c.do(ctx, http.MethodGet, api.Prefix+"/schedules", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Schedules, nil
+}
+
+// AddSchedule adds a schedule of a registered workflow.
+func (c *Client) AddSchedule(ctx context.Context, r *api.AddSchedule) (*job.Schedule, error) {
+	var out job.Schedule
+	if err := c.do(ctx, http.MethodPost, api.Prefix+"/schedules", nil, r, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RemoveSchedule removes a schedule; the jobs it created stay.
+func (c *Client) RemoveSchedule(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, api.Prefix+"/schedules/"+url.PathEscape(name), nil, nil, nil)
+}

@@ -62,7 +62,7 @@ func fromErr(err error) *httpError {
 		return e
 	case errors.Is(err, job.ErrNotFound):
 		return notFound("%v", err)
-	case errors.Is(err, job.ErrWrongState), errors.Is(err, job.ErrNotWaiting), errors.Is(err, job.ErrHeld):
+	case errors.Is(err, job.ErrWrongState), errors.Is(err, job.ErrNotWaiting), errors.Is(err, job.ErrHeld), errors.Is(err, job.ErrExists):
 		return conflict("%v", err)
 	case errors.Is(err, job.ErrStoreLocked):
 		return &httpError{status: http.StatusServiceUnavailable, code: "unavailable", msg: "the store is busy; retry", cause: err}

@@ -28,6 +28,8 @@ type metrics struct {
 	followers prometheus.Gauge
 	requests  *prometheus.CounterVec
 	reqTime   *prometheus.HistogramVec
+	fires     *prometheus.CounterVec
+	leader    prometheus.Gauge
 }
 
 func newMetrics(s *Server) *metrics {
@@ -55,7 +57,13 @@ func newMetrics(s *Server) *metrics {
 		Name: "drover_http_request_duration_seconds", Help: "How long API requests took, by route (event streams excluded).",
 		Buckets: prometheus.DefBuckets,
 	}, []string{"route"})
-	m.reg.MustRegister(m.submitted, m.finished, m.steps, m.stepTime, m.followers, m.requests, m.reqTime,
+	m.fires = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_schedule_fires_total", Help: "Schedule fires this server committed, by schedule and outcome: job (a job was created) or error (none could be: see drover schedule list).",
+	}, []string{"schedule", "outcome"})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "drover_scheduler_leader", Help: "1 while this server holds the scheduler lease and fires the schedules, else 0.",
+	})
+	m.reg.MustRegister(m.submitted, m.finished, m.steps, m.stepTime, m.followers, m.requests, m.reqTime, m.fires, m.leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&storeCollector{s: s}, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "drover_jobs_held", Help: "Jobs (children included) this server holds the lease of: running here now.",
@@ -70,6 +78,23 @@ func newMetrics(s *Server) *metrics {
 func (m *metrics) serve(w http.ResponseWriter, r *http.Request, u user) *httpError {
 	m.h.ServeHTTP(w, r)
 	return nil
+}
+
+// fired counts a schedule's fire.
+func (m *metrics) fired(sc *job.Schedule, j *job.Job, errMsg string) {
+	outcome := "job"
+	if j == nil {
+		outcome = "error"
+	}
+	m.fires.WithLabelValues(sc.Name, outcome).Inc()
+}
+
+func (m *metrics) leading(v bool) {
+	if v {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
 }
 
 func (m *metrics) jobEnded(j *job.Job) {

@@ -140,6 +140,14 @@ func (s *Server) Run(ctx context.Context) error {
 			TopLevel:   true,
 		})
 	}()
+	// Every server runs the scheduler; the one holding the scheduler
+	// lease fires the schedules, the others stand by to take over.
+	scheduled := make(chan struct{})
+	go func() {
+		defer close(scheduled)
+		_ = s.eng.RunScheduler(serveCtx, engine.SchedulerOptions{Fired: s.metrics.fired, Leading: s.metrics.leading})
+	}()
+	defer func() { stopServe(); <-scheduled }()
 	s.log.Info("serving jobs", "max_running", s.o.MaxRunning)
 	select {
 	case <-ctx.Done():
@@ -301,8 +309,13 @@ func (s *Server) routes() {
 	m.Handle("GET "+p+"/workflows/{name}", s.authed(auth.Viewer, s.getWorkflow))
 	m.Handle("DELETE "+p+"/workflows/{name}", s.authed(auth.Admin, s.removeWorkflow))
 
+	m.Handle("GET "+p+"/schedules", s.authed(auth.Viewer, s.listSchedules))
+	m.Handle("POST "+p+"/schedules", s.authed(auth.Operator, s.addSchedule))
+	m.Handle("GET "+p+"/schedules/{name}", s.authed(auth.Viewer, s.getSchedule))
+	m.Handle("DELETE "+p+"/schedules/{name}", s.authed(auth.Operator, s.removeSchedule))
+
 	// Reserved for what SPEC 5 adds later.
-	for _, r := range []string{"endpoints", "schedules"} {
+	for _, r := range []string{"endpoints"} {
 		m.Handle(p+"/"+r, s.authed(auth.Viewer, s.notYet(r)))
 		m.Handle(p+"/"+r+"/", s.authed(auth.Viewer, s.notYet(r)))
 	}
