@@ -26,15 +26,19 @@ func (s *Store) interactive(ctx context.Context, op string, fn func(ctx context.
 		}
 		err, retry := s.interactiveOnce(ctx, fn)
 		if a, ok := answer(err); ok {
+			s.reachable()
 			return a
 		}
 		if err == nil {
+			s.reachable()
 			return nil
+		}
+		if retry {
+			s.failed(op, attempt, err)
 		}
 		if !retry || s.opt.RetryFor < 0 || time.Now().After(deadline) {
 			return s.dbErr(op, err)
 		}
-		s.log.Warn("write to the store failed before it committed; retrying", "op", op, "attempt", attempt, "err", s.redact(err))
 		if !backoff(ctx, attempt, nil) {
 			return s.dbErr(op, err)
 		}
@@ -92,7 +96,7 @@ func (s *Store) Listen(ctx context.Context, fn func()) {
 		if time.Since(start) > time.Minute {
 			attempt = 1 // it worked for a while: this is a new failure
 		}
-		s.log.Warn("listening for due jobs failed; reconnecting", "attempt", attempt, "err", s.redact(err))
+		s.failed("listen for due jobs", attempt, err)
 		if !backoff(ctx, attempt, s.stop) {
 			return
 		}
@@ -121,6 +125,7 @@ func (s *Store) listenOnce(ctx context.Context, fn func()) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		return err
 	}
+	s.reachable()
 	fn()
 	for {
 		n, err := conn.WaitForNotification(ctx)

@@ -139,6 +139,8 @@ type Store struct {
 	writers sync.WaitGroup
 	stop    chan struct{} // closed by Close: ends Listen loops and reads' retries
 
+	health health
+
 	// opening turns retries off while Open runs: a URL that leads nowhere
 	// should fail at once, not after RetryFor. Only Open writes it, before
 	// the store is shared.

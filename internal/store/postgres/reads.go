@@ -25,15 +25,19 @@ func (s *Store) read(ctx context.Context, op string, fn func(ctx context.Context
 		}
 		err, retry := s.readOnce(ctx, fn)
 		if a, ok := answer(err); ok {
+			s.reachable()
 			return a
 		}
 		if err == nil {
+			s.reachable()
 			return nil
+		}
+		if retry {
+			s.failed(op, attempt, err)
 		}
 		if !retry || ctx.Err() != nil || s.opening || s.opt.RetryFor < 0 || time.Now().After(deadline) {
 			return s.dbErr(op, err)
 		}
-		s.log.Warn("read from the store failed; retrying", "op", op, "attempt", attempt, "err", s.redact(err))
 		if !backoff(ctx, attempt, s.stop) {
 			return s.dbErr(op, err)
 		}

@@ -185,15 +185,18 @@ func (s *Store) execTx(reqs []*request) ([]error, []*request, error) {
 	for attempt := 1; ; attempt++ {
 		res, err, retry := s.tryTx(reqs)
 		if !retry {
+			if err == nil {
+				s.reachable()
+			}
 			return res, reqs, err
 		}
+		s.failed(reqs[0].op, attempt, err)
 		if s.opt.RetryFor < 0 {
 			return nil, reqs, err
 		}
 		if time.Now().After(deadline) {
 			return nil, reqs, fmt.Errorf("gave up after %d attempts in %v: %w", attempt, s.opt.RetryFor, err)
 		}
-		s.log.Warn("write to the store failed before it committed; retrying", "attempt", attempt, "err", s.redact(err))
 		// The retries wait for the callers that still want the write.
 		ctx, cancel := contextOf(reqs)
 		ok := backoff(ctx, attempt, nil)
@@ -366,6 +369,7 @@ func (s *Store) resolve(xid int64, pid uint32, cause error) (err error, retry bo
 		status, err := s.txStatus(xid, pid)
 		switch {
 		case err != nil:
+			s.failed("find out whether a commit whose answer was lost committed", attempt, err)
 		case status == "committed":
 			s.log.Info("a write whose commit was not confirmed did commit", "xid", xid, "err", s.redact(cause))
 			return nil, false
