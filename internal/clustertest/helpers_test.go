@@ -134,6 +134,7 @@ type cluster struct {
 	db      string
 	token   string
 	lease   string
+	persist string // the jobs' persistence policy
 	servers []*server
 }
 
@@ -159,7 +160,7 @@ func newCluster(t testing.TB) *cluster {
 	if testing.Short() {
 		t.Skip("cluster test: real processes")
 	}
-	c := &cluster{t: t, dir: t.TempDir(), lease: "3s"}
+	c := &cluster{t: t, dir: t.TempDir(), lease: "3s", persist: "always"}
 	c.db = freshDB(t)
 	if err := os.MkdirAll(filepath.Join(c.dir, "effects"), 0o755); err != nil {
 		t.Fatal(err)
@@ -328,7 +329,7 @@ func (c *cluster) submit(s *server, wf string, params ...string) string {
 	body := map[string]any{
 		"source":  map[string]any{"entry": "wf.star", "files": map[string]string{"wf.star": wf}},
 		"params":  append([]string{"dir=" + filepath.Join(c.dir, "effects")}, params...),
-		"persist": "always",
+		"persist": c.persist,
 	}
 	if err := c.call(s, "POST", "/api/v1/jobs", body, &out); err != nil {
 		c.t.Fatal(err)
@@ -357,7 +358,7 @@ func (c *cluster) submitMany(n int, wf string, params ...string) []string {
 				body := map[string]any{
 					"source":  map[string]any{"entry": "wf.star", "files": map[string]string{"wf.star": wf}},
 					"params":  append([]string{"dir=" + filepath.Join(c.dir, "effects")}, params...),
-					"persist": "always",
+					"persist": c.persist,
 				}
 				if err := c.call(c.servers[i%len(c.servers)], "POST", "/api/v1/jobs", body, &out); err != nil {
 					errs <- err

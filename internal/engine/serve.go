@@ -39,6 +39,11 @@ type (
 	listener interface {
 		Listen(ctx context.Context, fn func())
 	}
+	// reachability tells when the store last came back from an outage of
+	// its database (zero if it saw none; now while one lasts).
+	reachability interface {
+		ReachableSince() time.Time
+	}
 )
 
 // Serve runs due jobs until ctx ends: queued jobs, waiting jobs whose
@@ -166,13 +171,15 @@ func (e *Engine) Serve(ctx context.Context, o ServeOptions) error {
 
 // orphans lists running jobs whose engine is gone.
 func (e *Engine) orphans(ctx context.Context, topLevel bool) []string {
-	jobs, err := e.store.Jobs(ctx, job.Filter{States: []job.State{job.Interrupted}, Limit: 1000, TopLevel: topLevel}, e.now())
-	if err != nil {
-		return nil
-	}
 	var ids []string
-	for _, j := range jobs {
-		ids = append(ids, j.ID)
+	if e.takeOverLapsed() {
+		jobs, err := e.store.Jobs(ctx, job.Filter{States: []job.State{job.Interrupted}, Limit: 1000, TopLevel: topLevel}, e.now())
+		if err != nil {
+			return nil
+		}
+		for _, j := range jobs {
+			ids = append(ids, j.ID)
+		}
 	}
 	// A dead process of this machine is known before its lease expires.
 	live, err := e.store.Jobs(ctx, job.Filter{States: []job.State{job.Running}, Limit: 1000, TopLevel: topLevel}, e.now())
@@ -184,6 +191,17 @@ func (e *Engine) orphans(ctx context.Context, topLevel bool) []string {
 		}
 	}
 	return ids
+}
+
+// takeOverLapsed reports whether jobs whose lease merely expired may be
+// taken from their engine. Not until the database has been reachable for
+// twice the lease since its last outage: while nobody could reach it, no
+// holder could renew, and a holder that is alive renews within a poll of
+// its return (its renewal keeps the job even after the lease lapsed).
+// Taking its jobs meanwhile would run their steps in flight a second time.
+func (e *Engine) takeOverLapsed() bool {
+	r, ok := e.store.(reachability)
+	return !ok || time.Since(r.ReachableSince()) >= 2*e.lease
 }
 
 // Wake makes Serve look for due work now, after a job was created or

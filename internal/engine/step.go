@@ -180,8 +180,8 @@ func (r *run) ensureLease() error {
 	if r.e.now().Add(r.e.lease/3).Before(valid) && r.e.lapses.Load() == r.lapsesSeen.Load() {
 		return nil
 	}
-	if _, err := r.e.renew(); err != nil {
-		return fmt.Errorf("renewing the job's lease before a step: %w", err)
+	if err := r.renewWaiting(); err != nil {
+		return err
 	}
 	lapses := r.e.lapses.Load()
 	cur, err := r.e.store.Job(context.WithoutCancel(r.ctx), r.job.ID)
@@ -196,6 +196,51 @@ func (r *run) ensureLease() error {
 	}
 	r.lapsesSeen.Store(lapses)
 	return nil
+}
+
+// renewWaitMax bounds how long a step waits for its lease to be renewed
+// when the store cannot be reached.
+const renewWaitMax = 15 * time.Minute
+
+// renewWaiting renews the engine's leases before a step, waiting with
+// backoff while the store is unreachable: a database restarting is no
+// reason to fail the job, and the renewal, when the database is back,
+// either keeps the job (the lease is this engine's until another takes
+// it) or shows that another engine owns it now. It gives up when the job
+// is halted (the server is stopping) or after renewWaitMax.
+func (r *run) renewWaiting() error {
+	start := time.Now()
+	wait := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		_, err := r.e.renew()
+		if err == nil {
+			if attempt > 1 {
+				r.e.log.Info("renewed the job's lease; its next step runs", "job", r.job.ID, "waited", time.Since(start).Round(time.Millisecond))
+			}
+			return nil
+		}
+		err = fmt.Errorf("renewing the job's lease before a step: %w", err)
+		if time.Since(start) >= renewWaitMax {
+			return err
+		}
+		if attempt == 1 {
+			r.e.log.Warn("cannot renew the job's lease before its next step; waiting for the store and retrying", "job", r.job.ID, "err", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-r.haltCh:
+			t.Stop()
+			if herr := r.halted(); herr != nil {
+				return herr
+			}
+			return err
+		case <-r.ctx.Done():
+			t.Stop()
+			return err
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 // keep records a step in the journal and queues it for the next flush.

@@ -182,8 +182,13 @@ func (s *Store) TouchToken(ctx context.Context, name string, at time.Time) error
 
 // ClaimDue claims up to limit due jobs for owner until the given time, in
 // one statement: the jobs Due would list at now (only top-level ones with
-// topLevel), oldest first, locked FOR NO KEY UPDATE SKIP LOCKED and given
-// the lease in the same transaction. Servers calling it at once get
+// topLevel), and the running jobs of other engines whose lease expired
+// (their engine died), oldest first, locked FOR NO KEY UPDATE SKIP LOCKED
+// and given the lease in the same transaction. Expired leases are taken
+// over only once the database has been reachable from this store for
+// twice the lease (until - now) since the last outage it saw: a lease
+// that lapsed because its holder could not reach the database either is
+// the holder's to renew when it is back, not another's to take. Servers calling it at once get
 // disjoint jobs, where Due followed by Claim lists them the same jobs to
 // race for, one commit per claim. It is an optional capability, for an
 // engine that knows to use it; the jobs come back as Claim returns them,
@@ -206,17 +211,22 @@ func (s *Store) ClaimDue(ctx context.Context, owner string, until, now time.Time
 			SELECT id, created FROM jobs WHERE state = 'waiting' AND wake_at IS NOT NULL AND wake_at <= $3` + top + `
 			AND (owner = '' OR lease_until < $3)
 			ORDER BY created, id LIMIT $4 FOR NO KEY UPDATE SKIP LOCKED
+		), o AS (
+			SELECT id, created FROM jobs WHERE state = 'running' AND $5 AND lease_until < $3 AND owner <> $1` + top + `
+			ORDER BY created, id LIMIT $4 FOR NO KEY UPDATE SKIP LOCKED
 		), d AS (
-			SELECT id FROM (SELECT id, created FROM q UNION ALL SELECT id, created FROM w) d ORDER BY created, id LIMIT $4
+			SELECT id FROM (SELECT id, created FROM q UNION ALL SELECT id, created FROM w UNION ALL SELECT id, created FROM o) d
+			ORDER BY created, id LIMIT $4
 		)
 		UPDATE jobs SET state = 'running', owner = $1, lease_until = $2, runs = runs + 1,
 			started = coalesce(started, $3), ended = NULL, request = '', updated = $3
 		WHERE id IN (SELECT id FROM d)
 		RETURNING ` + jobColumns
+	takeOver := time.Since(s.ReachableSince()) >= 2*until.Sub(now)
 	var out []*job.Job
 	err := s.write(ctx, &request{
 		op:    "claim due jobs for " + owner,
-		build: func(b *pgx.Batch, _ time.Time) { b.Queue(q, owner, ts(until), now, limit) },
+		build: func(b *pgx.Batch, _ time.Time) { b.Queue(q, owner, ts(until), now, limit, takeOver) },
 		read: func(br pgx.BatchResults) (err error) {
 			out, err = collectBatch(br, scanJob)
 			return err

@@ -233,3 +233,42 @@ func jobIDs(jobs []*job.Job) string {
 	}
 	return strings.Join(ids, " ")
 }
+
+// TestClaimDueTakesOverExpired: ClaimDue takes the running jobs of other
+// owners whose lease expired, never its own nor a live lease, and not
+// until the database has been reachable for twice the lease after an
+// outage, so that their holders can renew first.
+func TestClaimDueTakesOverExpired(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openFresh(t, Options{})
+	now := time.Now()
+	mk := func(id, owner string, lease time.Duration) *job.Job {
+		return &job.Job{ID: id, Created: now.Add(-time.Minute), Owner: owner, LeaseUntil: now.Add(lease)}
+	}
+	if err := s.CreateJobs(ctx, testSource(), mk("dead", "X", -time.Second), mk("live", "X", time.Hour), mk("mine", "E", -time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"dead", "live", "mine"} {
+		if j, err := s.Job(ctx, id); err != nil || j.State != job.Running {
+			t.Fatalf("job %s created with an owner: %+v, %v; want running", id, j, err)
+		}
+	}
+	const lease = 150 * time.Millisecond
+	// An outage just ended: the expired lease is left to its holder.
+	s.unreachable("test", 1, errors.New("connection refused"))
+	s.reachable()
+	if got, err := s.ClaimDue(ctx, "E", time.Now().Add(lease), time.Now(), 10, true); err != nil || len(got) != 0 {
+		t.Fatalf("ClaimDue right after an outage = %s, %v; want nothing", jobIDs(got), err)
+	}
+	time.Sleep(2*lease + 50*time.Millisecond)
+	got, err := s.ClaimDue(ctx, "E", time.Now().Add(lease), time.Now(), 10, true)
+	if err != nil || jobIDs(got) != "dead" {
+		t.Fatalf("ClaimDue = %s, %v; want dead", jobIDs(got), err)
+	}
+	if j := got[0]; j.Owner != "E" || j.Runs < 1 || j.State != job.Running {
+		t.Errorf("taken over: %+v", j)
+	}
+	if err := s.Apply(ctx, &job.Update{JobID: "dead", Owner: "X", State: ptr(job.Completed)}); !errors.Is(err, job.ErrLeaseLost) {
+		t.Errorf("Apply by the old holder: %v, want ErrLeaseLost", err)
+	}
+}
