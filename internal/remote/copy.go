@@ -73,7 +73,7 @@ type remoteStat struct {
 }
 
 func (m *Manager) statRemote(ctx context.Context, t *target, p string) (remoteStat, error) {
-	out, _, err := m.run(ctx, t, shellCommand(statScript, p), nil)
+	out, _, err := m.runHelper(ctx, t, "X", statScript, p)
 	if err != nil {
 		return remoteStat{}, err
 	}
@@ -176,7 +176,7 @@ func (m *Manager) upload(ctx context.Context, t *target, tr *engine.Transfer) (*
 			// not run: remove the partial upload over a new session.
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if _, _, rerr := m.run(cctx, t, "rm -f -- "+shellQuote(tmp), nil); rerr != nil {
+			if _, _, rerr := m.runHelper(cctx, t, "X", `rm -f -- "$1"`, tmp); rerr != nil {
 				m.opts.Logger.Warn("could not remove a cancelled upload's temporary file", "host", t.name, "file", tmp, "err", rerr)
 			}
 		}

@@ -38,6 +38,15 @@
 //   - a second Exec for a step whose result this process already returned
 //     is a retry, and runs the command afresh.
 //
+// The launch and the helpers (stop, Forget, copy's checks) do not open a
+// session each: a connection keeps long-lived agent sessions, each a
+// small sh loop that serves one request at a time with every frame
+// marked by a random nonce, and hands out an idle one; parallel calls to
+// one host open more, within MaxSessionsPerConn. A session costs the host
+// a fork, a login and a channel; an agent request costs a subshell. An
+// agent whose session ends, or whose call is cancelled, is discarded; the
+// requests are idempotent, so the call goes on with another agent.
+//
 // Forget removes a job's step directories once the job has ended.
 // Detach, for a controller that shuts down meaning to resume, drops the
 // connections and leaves the commands running.

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/drover/drover/internal/engine"
 )
 
@@ -144,39 +142,21 @@ type trailer struct {
 	msg  string
 }
 
-// runOnce runs the launch script in one session: it starts or finds the
-// command and streams its output from where this call got to.
+// runOnce sends the launch request to an agent on t: it starts or finds
+// the command and streams its output from where this call got to.
 func (m *Manager) runOnce(ctx context.Context, t *target, x *execution) (trailer, error) {
-	var tr trailer
-	err := m.withSession(ctx, t, func(_ *conn, s *ssh.Session) error {
+	var stdout *stdoutParser
+	err := m.withAgent(ctx, t, func(a *shAgent) (bool, error) {
 		nonce := randomHex(16)
 		fresh := "0"
 		if x.fresh {
 			fresh = "1"
 		}
-		cmd := shellCommand(launchScript, x.dir, nonce, x.token, fresh,
-			strconv.Itoa(x.out.buf.Len()), strconv.Itoa(x.err.buf.Len()), strconv.Itoa(len(x.stdin)), x.cmd)
-		stdout := &stdoutParser{nonce: []byte(nonce), sink: &x.out}
-		stderr := &stderrParser{nonce: []byte(nonce + "\n"), sink: &x.err}
-		s.Stdin = bytes.NewReader(x.stdin)
-		s.Stdout = stdout
-		s.Stderr = stderr
-		if err := s.Start(cmd); err != nil {
-			return t.err(ErrConnectionDropped, fmt.Errorf("start the command: %w", err), "")
-		}
-		done := make(chan error, 1)
-		go func() { done <- s.Wait() }()
-		var werr error
-		select {
-		case werr = <-done:
-		case <-ctx.Done():
-			// The launcher is not the command: killing it only stops it
-			// from starting one that a stop raced with.
-			s.Signal(ssh.SIGKILL)
-			s.Close()
-			<-done
-			return ctx.Err()
-		}
+		args := []string{x.dir, nonce, x.token, fresh,
+			strconv.Itoa(x.out.buf.Len()), strconv.Itoa(x.err.buf.Len()), strconv.Itoa(len(x.stdin)), x.cmd}
+		stdout = &stdoutParser{nonce: []byte(nonce), sink: &x.out}
+		stderr := &stderrParser{nonce: []byte(nonce), sink: &x.err}
+		received, err := a.do(ctx, nonce, "L", args, x.stdin, stdout, stderr)
 		if stdout.mode != 0 {
 			x.launched = true
 			switch stdout.mode {
@@ -191,16 +171,18 @@ func (m *Manager) runOnce(ctx context.Context, t *target, x *execution) (trailer
 			// discard it.
 			x.fresh = false
 		}
-		var ok bool
-		if tr, ok = stdout.result(); ok {
-			return nil
-		}
-		if werr == nil {
-			werr = errors.New("the wrapper ended without reporting")
-		}
-		return t.err(ErrConnectionDropped, fmt.Errorf("while the command ran: %w", werr), "")
+		return received, err
 	})
-	return tr, err
+	if err != nil {
+		if ctx.Err() != nil {
+			return trailer{}, ctx.Err()
+		}
+		return trailer{}, err
+	}
+	if tr, ok := stdout.result(); ok {
+		return tr, nil
+	}
+	return trailer{}, t.err(ErrConnectionDropped, errors.New("while the command ran: the wrapper ended without reporting"), "")
 }
 
 // kill stops the command of x on t, with its own deadline: ctx is already
@@ -209,12 +191,14 @@ func (m *Manager) kill(t *target, x *execution) error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.opts.KillGrace+30*time.Second)
 	defer cancel()
 	grace := strconv.Itoa(int(m.opts.KillGrace / (100 * time.Millisecond)))
-	_, _, err := m.run(ctx, t, shellCommand(killScript, x.dir, x.token, grace), nil)
+	_, _, err := m.runHelper(ctx, t, "K", x.dir, x.token, grace)
 	return err
 }
 
 // Forget removes what supervised commands of a job left on a host (and
 // kills any still running). The engine calls it once the job has ended.
+// It goes through the connection's agent, so it costs the host no
+// session of its own.
 func (m *Manager) Forget(ctx context.Context, h engine.Host, jobID string) error {
 	if err := m.begin(); err != nil {
 		return err
@@ -224,7 +208,7 @@ func (m *Manager) Forget(ctx context.Context, h engine.Host, jobID string) error
 	if err != nil {
 		return err
 	}
-	if _, stderr, err := m.run(ctx, t, shellCommand(forgetScript, m.jobDir(jobID)), nil); err != nil {
+	if _, stderr, err := m.runHelper(ctx, t, "F", m.jobDir(jobID)); err != nil {
 		return fmt.Errorf("forget job %s: %w: %s", jobID, err, stderr)
 	}
 	m.mu.Lock()
@@ -235,37 +219,6 @@ func (m *Manager) Forget(ctx context.Context, h engine.Host, jobID string) error
 	}
 	m.mu.Unlock()
 	return nil
-}
-
-// run runs a helper command and returns its output; a non-zero exit is
-// an error.
-func (m *Manager) run(ctx context.Context, t *target, cmd string, stdin []byte) ([]byte, []byte, error) {
-	var stdout, stderr bytes.Buffer
-	err := m.withSession(ctx, t, func(_ *conn, s *ssh.Session) error {
-		s.Stdin = bytes.NewReader(stdin)
-		s.Stdout, s.Stderr = &stdout, &stderr
-		if err := s.Start(cmd); err != nil {
-			return t.err(ErrConnectionDropped, err, "")
-		}
-		done := make(chan error, 1)
-		go func() { done <- s.Wait() }()
-		select {
-		case err := <-done:
-			var ee *ssh.ExitError
-			if errors.As(err, &ee) {
-				return fmt.Errorf("host %s: %w: %s", t.name, err, bytes.TrimSpace(stderr.Bytes()))
-			}
-			if err != nil {
-				return t.err(ErrConnectionDropped, err, "")
-			}
-			return nil
-		case <-ctx.Done():
-			s.Close()
-			<-done
-			return ctx.Err()
-		}
-	})
-	return stdout.Bytes(), stderr.Bytes(), err
 }
 
 func (m *Manager) isConsumed(ref stepRef) bool {
@@ -403,8 +356,18 @@ func (p *stdoutParser) Write(b []byte) (int, error) {
 	return n, nil
 }
 
+// complete tells whether the agent's end of answer arrived.
+func (p *stdoutParser) complete() bool {
+	if p.state != 2 {
+		return false
+	}
+	end := make([]byte, 0, len(p.nonce)+3)
+	end = append(append(end, p.nonce...), " Z\n"...)
+	return bytes.Contains(p.trailer, end)
+}
+
 // result parses the trailer; ok is false when none arrived (the
-// connection dropped).
+// connection dropped, or the launch died without reporting).
 func (p *stdoutParser) result() (trailer, bool) {
 	line := string(p.trailer)
 	i := strings.IndexByte(line, '\n')
@@ -416,6 +379,8 @@ func (p *stdoutParser) result() (trailer, bool) {
 		return trailer{kind: 'E', msg: "empty trailer"}, true
 	}
 	switch f[0] {
+	case "Z":
+		return trailer{}, false
 	case "R":
 		if len(f) == 2 {
 			if code, err := strconv.Atoi(f[1]); err == nil {
@@ -431,30 +396,50 @@ func (p *stdoutParser) result() (trailer, bool) {
 	return trailer{kind: 'E', msg: "unknown record " + strconv.Quote(line[:i])}, true
 }
 
-// stderrParser drops what comes before the nonce line (login noise) and
-// passes the rest to the command's stderr.
+// stderrParser drops what comes before the nonce line (login noise),
+// passes the rest to the command's stderr up to the next nonce, which
+// ends the answer.
 type stderrParser struct {
 	nonce   []byte
 	sink    *lineBuffer
 	started bool
+	ended   bool
 	pending []byte
 }
 
 func (p *stderrParser) Write(b []byte) (int, error) {
-	if p.started {
-		p.sink.write(b)
-		return len(b), nil
+	n := len(b)
+	if p.ended {
+		return n, nil
 	}
 	p.pending = append(p.pending, b...)
-	if i := bytes.Index(p.pending, p.nonce); i >= 0 {
-		p.started = true
-		rest := p.pending[i+len(p.nonce):]
-		p.pending = nil
-		if len(rest) > 0 {
-			p.sink.write(rest)
+	if !p.started {
+		i := bytes.Index(p.pending, p.nonce)
+		if i < 0 || len(p.pending) < i+len(p.nonce)+1 {
+			if k := len(p.pending) - len(p.nonce) - 1; i < 0 && k > 0 {
+				p.pending = append(p.pending[:0], p.pending[k:]...)
+			}
+			return n, nil
 		}
-	} else if k := len(p.pending) - len(p.nonce); k > 0 {
-		p.pending = append(p.pending[:0], p.pending[k:]...)
+		if p.pending[i+len(p.nonce)] != '\n' {
+			// Not the start line: drop through the nonce.
+			p.pending = append(p.pending[:0], p.pending[i+len(p.nonce):]...)
+			return n, nil
+		}
+		p.started = true
+		p.pending = append(p.pending[:0], p.pending[i+len(p.nonce)+1:]...)
 	}
-	return len(b), nil
+	if i := bytes.Index(p.pending, p.nonce); i >= 0 {
+		if i > 0 {
+			p.sink.write(p.pending[:i])
+		}
+		p.pending = nil
+		p.ended = true
+		return n, nil
+	}
+	if safe := len(p.pending) - (len(p.nonce) - 1); safe > 0 {
+		p.sink.write(p.pending[:safe])
+		p.pending = append(p.pending[:0], p.pending[safe:]...)
+	}
+	return n, nil
 }

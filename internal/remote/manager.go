@@ -65,6 +65,8 @@ type counters struct {
 	connsOpen, sessionsOpen, waiting       atomic.Int64
 	handshaking, maxHandshaking, hostKeys  atomic.Int64
 	reattached, redials, commandsCollected atomic.Int64
+	sessionsStarted, agentsStarted         atomic.Int64
+	agentRequests, agentsIdle              atomic.Int64
 }
 
 // Metrics is a snapshot of the manager's counters.
@@ -73,7 +75,11 @@ type Metrics struct {
 	Handshakes            int64 // SSH handshakes completed
 	HandshakeFailures     int64 // connection attempts that failed
 	ConnsOpen             int64 // connections open now
-	SessionsOpen          int64 // SSH sessions open now
+	SessionsOpen          int64 // SSH sessions serving a call now
+	SessionsStarted       int64 // SSH sessions opened in all
+	AgentsStarted         int64 // agent sessions started in all
+	AgentsIdle            int64 // agent sessions open and idle now
+	AgentRequests         int64 // requests (launches and helpers) sent to agents
 	Waiting               int64 // requests queued for a session now
 	HandshakesInFlight    int64 // connection set-ups in progress now
 	MaxHandshakesInFlight int64 // the most set-ups ever in progress at once
@@ -91,6 +97,10 @@ func (m *Manager) Metrics() Metrics {
 		HandshakeFailures:     m.m.handshakeFailures.Load(),
 		ConnsOpen:             m.m.connsOpen.Load(),
 		SessionsOpen:          m.m.sessionsOpen.Load(),
+		SessionsStarted:       m.m.sessionsStarted.Load(),
+		AgentsStarted:         m.m.agentsStarted.Load(),
+		AgentsIdle:            m.m.agentsIdle.Load(),
+		AgentRequests:         m.m.agentRequests.Load(),
 		Waiting:               m.m.waiting.Load(),
 		HandshakesInFlight:    m.m.handshaking.Load(),
 		MaxHandshakesInFlight: m.m.maxHandshaking.Load(),
@@ -123,9 +133,13 @@ type grant struct {
 }
 
 type conn struct {
-	pool       *pool
-	client     *ssh.Client
-	sessions   int // session slots in use
+	pool     *pool
+	client   *ssh.Client
+	sessions int // session slots in use
+	// idle agents keep their sessions open between calls: with the slots
+	// in use they stay within capacity, and a call taking a slot takes an
+	// idle agent first.
+	idle       []*shAgent
 	capacity   int // lowered if the server allows fewer sessions
 	tunnels    int // ProxyJump channels carried for other connections
 	idleSweeps int
@@ -207,6 +221,7 @@ func (m *Manager) closeAll() {
 	for _, p := range m.pools {
 		for _, c := range p.conns {
 			c.broken = true
+			m.dropIdleLocked(c)
 			clients = append(clients, c.client)
 		}
 		for e := p.waiters.Front(); e != nil; e = e.Next() {
@@ -396,11 +411,19 @@ func (m *Manager) removeLocked(c *conn, broken bool) {
 			break
 		}
 	}
+	m.dropIdleLocked(c)
 	if !c.broken {
 		c.broken = true
 		go c.client.Close()
 	}
 	m.dispatch(p)
+}
+
+// dropIdleLocked forgets c's idle agents: closing c ends them. Called
+// with m.mu held.
+func (m *Manager) dropIdleLocked(c *conn) {
+	m.m.agentsIdle.Add(-int64(len(c.idle)))
+	c.idle = nil
 }
 
 // watch notices a connection's end (killed, reset, closed by the server)
@@ -504,6 +527,7 @@ func (m *Manager) session(c *conn) (*ssh.Session, error) {
 		s, err := c.client.NewSession()
 		if err == nil {
 			m.m.sessionsOpen.Add(1)
+			m.m.sessionsStarted.Add(1)
 			return s, nil
 		}
 		var oce *ssh.OpenChannelError
@@ -546,6 +570,9 @@ func (m *Manager) withSession(ctx context.Context, t *target, fn func(c *conn, s
 		if err != nil {
 			return err
 		}
+		m.mu.Lock()
+		m.trimIdleLocked(c)
+		m.mu.Unlock()
 		s, err := m.session(c)
 		if err != nil {
 			m.release(c)

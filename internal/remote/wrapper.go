@@ -9,11 +9,18 @@ import (
 
 // The scripts below run on targets under /bin/sh and use only POSIX sh
 // and utilities every Unix has (tail, head -c, wc, sleep with fractions),
-// plus setsid or perl to detach when present.
+// plus setsid or perl to detach when present. On the hosts' side a
+// session costs far more CPU than anything a script does (sshd forks,
+// logs in, sets up the channel), and after it every fork counts: so one
+// long-lived agent per session serves request after request, and the
+// scripts lean on builtins (read, test, printf, kill) wherever a utility
+// is not needed.
 //
 // A supervised command owns a step directory D:
 //
-//	token   the launch token of the Exec call that started it
+//	token   the launch token of the Exec call that started it; created
+//	        with O_EXCL (set -C), it is the lock that starts D's command
+//	        at most once
 //	cmd     the command, with its environment exported first
 //	in      its stdin
 //	boot    the kernel boot id when it started (pids do not survive a reboot)
@@ -24,15 +31,87 @@ import (
 //	wake    pid of the attached streamer's sleep, killed by the runner
 //	        when it finishes so the result comes back at once
 
+// agentScript is the program of an agent session. It reads requests from
+// stdin, one at a time:
+//
+//	NONCE OP STDIN-SIZE
+//	ARGS, shell-quoted, over as many lines as they need
+//	NONCE
+//	STDIN-SIZE bytes of stdin for the request
+//
+// and answers each on stdout with "NONCE S|A|D|K|L|E...", the body, the
+// trailer records of launchScript (helpers: "NONCE R status"), then
+// "NONCE Z"; on stderr with "NONCE" on a line, the body's stderr, then
+// "NONCE" again. The nonce is random per request, so neither a
+// command's output nor its arguments can forge a frame. OP is L
+// (launch), K (kill), F (forget) or X (evaluate the script in the first
+// argument with the others as $1...). Each request runs in a subshell,
+// so nothing it sets or exits reaches the loop.
+//
+// The agent's stdin goes on after a request's stdin, so that must be read
+// exactly: GNU head -c reads no further than asked; elsewhere dd bs=1
+// does (slowly).
+//
+// Argument: the run directory, where stdin is kept until its step
+// directory exists.
+const agentScript = `
+R=$1 H=
+umask 077
+L() {` + launchScript + `}
+K() {` + killScript + `}
+F() {` + forgetScript + `}
+X() { s=$1; shift; eval "$s"; }
+while IFS= read -r h; do
+	n=${h%% *} r=${h#* }
+	op=${r%% *} isz=${r#* }
+	a= l=
+	while IFS= read -r l; do
+		[ "$l" = "$n" ] && break
+		a="$a$l
+"
+	done
+	[ "$l" = "$n" ] || exit 0
+	eval "set -- $a"
+	in=
+	if [ "$isz" -gt 0 ]; then
+		[ -d "$R" ] || mkdir -p "$R" 2>/dev/null
+		in="$R/.in.$n"
+		if [ -z "$H" ]; then
+			H=dd
+			case $(head --version 2>/dev/null) in *GNU*) H=head ;; esac
+		fi
+		if ! printf '' 2>/dev/null > "$in"; then
+			in=!
+			if [ $H = head ]; then head -c "$isz" > /dev/null; else dd bs=1 count="$isz" of=/dev/null 2>/dev/null; fi
+		elif [ $H = head ]; then
+			head -c "$isz" > "$in" || exit 1
+		else
+			dd bs=1 count="$isz" of="$in" 2>/dev/null || exit 1
+		fi
+	fi
+	printf '%s\n' "$n" >&2
+	case $op in
+	L) ( L "$@" ) 3>&2 2>/dev/null ;;
+	K|F|X) printf '%s S\n' "$n"; ( "$op" "$@" ) 3>&2 < /dev/null; printf '%s R %s\n' "$n" "$?" ;;
+	*) printf '%s E unknown request %s\n' "$n" "$op" ;;
+	esac
+	case $in in ""|!) ;; *) [ -e "$in" ] && rm -f "$in" ;; esac
+	printf '%s Z\n' "$n"
+	printf '%s\n' "$n" >&2
+done
+`
+
 // launchScript starts the command in D unless it already runs or ran,
 // then streams its output from the given offsets and prints a trailer.
+// It is the agent's L request, run in a subshell whose stderr is
+// discarded; fd 3 is the request's stderr, $in the file holding its
+// stdin (! when it could not be written).
 //
 // Arguments: D nonce token fresh out-offset err-offset stdin-size command.
 // Stdout carries "nonce S|A|D" (started, attached to a running command,
 // done already), the command's stdout, then "nonce R code", or instead
-// "nonce K" (stopped), "nonce L" (lost) or "nonce E message". Stderr
-// carries "nonce" then the command's stderr. Whatever the login shell
-// printed before the nonce lines is not the command's and is dropped.
+// "nonce K" (stopped), "nonce L" (lost) or "nonce E message"; fd 3 the
+// command's stderr.
 //
 // With fresh=1 (the caller already delivered a result for this step, so
 // this is a retry), a directory left by another launch is discarded.
@@ -40,15 +119,9 @@ import (
 // job finds the command its crashed controller started.
 const launchScript = `
 d=$1 n=$2 tok=$3 fresh=$4 oo=$5 oe=$6 isz=$7 cmd=$8
-umask 077
 fail() { printf '%s E %s\n' "$n" "$*"; exit 0; }
-j=${d%/*}
-[ -d "$j" ] || mkdir -p "$j" 2>/dev/null || fail "cannot create directory $j on the host"
-in=
 if [ "$isz" -gt 0 ]; then
-	in="$j/.in.$n"
-	trap '[ -e "$in" ] && rm -f "$in"' EXIT
-	cat > "$in" || fail "cannot write $in on the host (disk full?)"
+	[ "$in" = ! ] && fail "cannot write the command's stdin under ${d%/*/*} on the host (disk full?)"
 	[ $(($(wc -c < "$in"))) -eq "$isz" ] || fail "stdin arrived incomplete"
 fi
 bootid() { b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null; }
@@ -70,8 +143,10 @@ detach() {
 	exec "$@"
 }
 start() {
-	mkdir "$d" 2>/dev/null || return 1
-	printf '%s\n' "$tok" > "$d/token"
+	[ -d "$d" ] || mkdir -p "$d" 2>/dev/null || fail "cannot create directory $d on the host"
+	set -C
+	printf '%s\n' "$tok" 2>/dev/null > "$d/token" || { set +C; return 1; }
+	set +C
 	bootid
 	[ -n "$b" ] && printf '%s\n' "$b" > "$d/boot"
 	printf '%s\n' "$cmd" > "$d/cmd"
@@ -86,7 +161,7 @@ start() {
 		/bin/sh "$d/cmd" < "$d/in" > "$d/out" 2> "$d/err"
 		echo $? > "$d/rc"
 		w=; read -r w < "$d/wake" 2>/dev/null && kill "$w" 2>/dev/null
-		exit 0' drover-run "$d" < /dev/null > /dev/null 2>&1 &
+		exit 0' drover-run "$d" < /dev/null > /dev/null 2>&1 3>&- &
 	return 0
 }
 if [ -d "$d" ]; then
@@ -116,15 +191,16 @@ else
 		mode=A
 	fi
 fi
-# From here the launcher's own stderr is silenced: fd 3 carries the
-# command's stderr alone.
-exec 3>&2 2>/dev/null
-printf '%s\n' "$n" >&3
 printf '%s %s\n' "$n" "$mode"
 t=0.01 np=0
 while :; do
-	fin=0
-	[ -s "$d/rc" ] && fin=1
+	if [ -s "$d/rc" ]; then
+		# Finished: the rest of each file is all there is, no need to
+		# measure it first.
+		[ -s "$d/out" ] && tail -c +$((oo+1)) "$d/out"
+		[ -s "$d/err" ] && tail -c +$((oe+1)) "$d/err" >&3
+		break
+	fi
 	if [ ! -d "$d" ] || [ -e "$d/killed" ]; then printf '%s K\n' "$n"; exit 0; fi
 	if [ -s "$d/out" ]; then
 		s=$(($(wc -c < "$d/out")))
@@ -134,7 +210,6 @@ while :; do
 		s=$(($(wc -c < "$d/err")))
 		if [ "$s" -gt "$oe" ]; then tail -c +$((oe+1)) "$d/err" | head -c $((s-oe)) >&3; oe=$s; t=0.01; fi
 	fi
-	[ $fin = 1 ] && break
 	if [ -s "$d/pid" ]; then
 		if ! alive && [ ! -s "$d/rc" ]; then printf '%s L\n' "$n"; exit 0; fi
 	else
@@ -154,13 +229,20 @@ printf '%s R %s\n' "$n" "$rc"
 // killScript stops the command in D: it marks D killed with the stopped
 // launch's token (so that launch, if it is still on its way, does not
 // start it), sends SIGTERM to the process group, SIGKILL after the grace
-// period (in tenths of a second), and clears D but the mark.
+// period (in tenths of a second), and clears D but the mark. It is the
+// agent's K request.
 //
 // Arguments: D token grace.
 const killScript = `
 d=$1 tok=$2 g=$3
-mkdir -p "${d%/*}" 2>/dev/null
-if mkdir "$d" 2>/dev/null; then printf '%s\n' "$tok" > "$d/killed"; exit 0; fi
+[ -d "$d" ] || mkdir -p "$d" 2>/dev/null
+set -C
+if printf '%s\n' "$tok" 2>/dev/null > "$d/token"; then
+	set +C
+	printf '%s\n' "$tok" > "$d/killed"
+	exit 0
+fi
+set +C
 printf '%s\n' "$tok" > "$d/killed.t" && mv "$d/killed.t" "$d/killed"
 i=0
 while [ ! -s "$d/pid" ] && [ ! -s "$d/rc" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
@@ -171,23 +253,25 @@ if [ -s "$d/pid" ]; then
 	while kill -s 0 -- "-$p" 2>/dev/null && [ $i -lt "$g" ]; do sleep 0.1; i=$((i+1)); done
 	kill -s KILL -- "-$p" 2>/dev/null
 fi
-for f in out err in cmd rc pid boot token wake; do rm -f "$d/$f"; done
+rm -f "$d/out" "$d/err" "$d/in" "$d/cmd" "$d/rc" "$d/pid" "$d/boot" "$d/token" "$d/wake"
 echo stopped
 `
 
 // forgetScript removes a job's step directories, killing first any
-// command of the job still running (one a failed stop left behind).
+// command of the job still running (one a failed stop left behind). It
+// is the agent's F request.
 //
 // Arguments: job directory.
 const forgetScript = `
 j=$1
 [ -d "$j" ] || exit 0
-b=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
+b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null
 for p in "$j"/*/pid; do
 	[ -s "$p" ] || continue
 	s=${p%/pid}
-	[ "$(cat "$s/boot" 2>/dev/null)" = "$b" ] || continue
-	k=$(cat "$p")
+	ob=; read -r ob < "$s/boot" 2>/dev/null
+	[ "$ob" = "$b" ] || continue
+	k=; read -r k < "$p"
 	kill -s KILL -- "-$k" 2>/dev/null
 done
 rm -rf "$j"
