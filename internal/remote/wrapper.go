@@ -18,18 +18,23 @@ import (
 //
 // A supervised command owns a step directory D:
 //
-//	token   the launch token of the Exec call that started it; created
-//	        with O_EXCL (set -C), it is the lock that starts D's command
-//	        at most once
+//	token   the launch token of the Exec call that started it, then the
+//	        kernel boot id when it started (pids do not survive a
+//	        reboot); created with O_EXCL (set -C), it is the lock that
+//	        starts D's command at most once
 //	cmd     the command, with its environment exported first
-//	in      its stdin
-//	boot    the kernel boot id when it started (pids do not survive a reboot)
+//	in      its stdin, when it has one
 //	pid     the process id, also its process group and session id
 //	out err its output
 //	rc      its exit status, written last
 //	killed  written by a stop: the token of the stopped launch
-//	wake    pid of the attached streamer's sleep, killed by the runner
-//	        when it finishes so the result comes back at once
+//	wake    pid of a re-attached streamer's sleep, killed by the runner
+//	        when it finishes so the result comes back at once (the
+//	        launch that started the runner is its parent, and learns of
+//	        its end by SIGCHLD)
+//
+// Every file created costs (ext4 allocating an inode showed up as a third
+// of a step's CPU here), so there are no more of them than that.
 
 // agentScript is the program of an agent session. It reads requests from
 // stdin, one at a time:
@@ -127,8 +132,9 @@ fi
 bootid() { b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null; }
 alive() {
 	p=; read -r p < "$d/pid" 2>/dev/null; [ -n "$p" ] || return 1
-	if [ -s "$d/boot" ]; then
-		ob=; read -r ob < "$d/boot"; bootid
+	ot= ob=; { read -r ot; read -r ob; } < "$d/token" 2>/dev/null
+	if [ -n "$ob" ]; then
+		bootid
 		[ "$ob" = "$b" ] || return 1
 	fi
 	kill -s 0 "$p" 2>/dev/null
@@ -145,23 +151,27 @@ detach() {
 start() {
 	[ -d "$d" ] || mkdir -p "$d" 2>/dev/null || fail "cannot create directory $d on the host"
 	set -C
-	printf '%s\n' "$tok" 2>/dev/null > "$d/token" || { set +C; return 1; }
-	set +C
 	bootid
-	[ -n "$b" ] && printf '%s\n' "$b" > "$d/boot"
+	printf '%s\n%s\n' "$tok" "$b" 2>/dev/null > "$d/token" || { set +C; return 1; }
+	set +C
 	printf '%s\n' "$cmd" > "$d/cmd"
-	if [ -n "$in" ]; then mv "$in" "$d/in"; else : > "$d/in"; fi
+	[ -n "$in" ] && mv "$in" "$d/in"
 	: > "$d/out"
 	: > "$d/err"
 	# pid and rc are each written by one small write(2): readers test
 	# them with -s, so they never see a partial record.
+	# The command runs in a subshell of the runner that sources it, as
+	# "/bin/sh $d/cmd" would run it ($0 the file, no arguments, no
+	# variable of the runner's) but without another exec of sh.
 	detach /bin/sh -c '
 		d=$1
 		echo $$ > "$d/pid"
-		/bin/sh "$d/cmd" < "$d/in" > "$d/out" 2> "$d/err"
+		i=/dev/null; [ -e "$d/in" ] && i=$d/in
+		( exec < "$i" > "$d/out" 2> "$d/err"; set --; unset d i; . "$0" )
 		echo $? > "$d/rc"
 		w=; read -r w < "$d/wake" 2>/dev/null && kill "$w" 2>/dev/null
-		exit 0' drover-run "$d" < /dev/null > /dev/null 2>&1 3>&- &
+		exit 0' "$d/cmd" "$d" < /dev/null > /dev/null 2>&1 3>&- &
+	r=$!
 	return 0
 }
 if [ -d "$d" ]; then
@@ -174,6 +184,7 @@ if [ -d "$d" ]; then
 		discard
 	fi
 fi
+r=
 if start; then
 	mode=S
 else
@@ -192,7 +203,13 @@ else
 	fi
 fi
 printf '%s %s\n' "$n" "$mode"
-t=0.01 np=0
+# The runner kills the poll's sleep as soon as the command ends (wake),
+# so a long first sleep costs a quick command no time and spares it a
+# second fork of sleep.
+t=0.2 np=0 w=
+# A runner started here is this shell's child: its end interrupts the
+# wait below, with no wake file.
+[ -n "$r" ] && trap '[ -n "$w" ] && kill $w 2>/dev/null' CHLD
 while :; do
 	if [ -s "$d/rc" ]; then
 		# Finished: the rest of each file is all there is, no need to
@@ -204,11 +221,11 @@ while :; do
 	if [ ! -d "$d" ] || [ -e "$d/killed" ]; then printf '%s K\n' "$n"; exit 0; fi
 	if [ -s "$d/out" ]; then
 		s=$(($(wc -c < "$d/out")))
-		if [ "$s" -gt "$oo" ]; then tail -c +$((oo+1)) "$d/out" | head -c $((s-oo)); oo=$s; t=0.01; fi
+		if [ "$s" -gt "$oo" ]; then tail -c +$((oo+1)) "$d/out" | head -c $((s-oo)); oo=$s; t=0.05; fi
 	fi
 	if [ -s "$d/err" ]; then
 		s=$(($(wc -c < "$d/err")))
-		if [ "$s" -gt "$oe" ]; then tail -c +$((oe+1)) "$d/err" | head -c $((s-oe)) >&3; oe=$s; t=0.01; fi
+		if [ "$s" -gt "$oe" ]; then tail -c +$((oe+1)) "$d/err" | head -c $((s-oe)) >&3; oe=$s; t=0.05; fi
 	fi
 	if [ -s "$d/pid" ]; then
 		if ! alive && [ ! -s "$d/rc" ]; then printf '%s L\n' "$n"; exit 0; fi
@@ -216,11 +233,12 @@ while :; do
 		np=$((np+1))
 		[ $np -gt 100 ] && { printf '%s L\n' "$n"; exit 0; }
 	fi
-	sleep $t & w=$!
-	echo $w > "$d/wake"
+	sleep $t < /dev/null > /dev/null 2>&1 3>&- & w=$!
+	[ -n "$r" ] || echo $w > "$d/wake"
 	[ -s "$d/rc" ] && kill $w 2>/dev/null
 	wait $w 2>/dev/null
-	case $t in 0.01) t=0.05 ;; 0.05) t=0.2 ;; 0.2) t=0.5 ;; *) t=1 ;; esac
+	w=
+	case $t in 0.05) t=0.2 ;; 0.2) t=0.5 ;; *) t=1 ;; esac
 done
 rc=; read -r rc < "$d/rc"
 printf '%s R %s\n' "$n" "$rc"
@@ -269,7 +287,7 @@ b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null
 for p in "$j"/*/pid; do
 	[ -s "$p" ] || continue
 	s=${p%/pid}
-	ob=; read -r ob < "$s/boot" 2>/dev/null
+	ot= ob=; { read -r ot; read -r ob; } < "$s/token" 2>/dev/null
 	[ "$ob" = "$b" ] || continue
 	k=; read -r k < "$p"
 	kill -s KILL -- "-$k" 2>/dev/null
