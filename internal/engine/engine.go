@@ -298,7 +298,15 @@ func (e *Engine) Request(ctx context.Context, id string, a job.Action, reason st
 
 // isHeld reports whether j is held by a live engine.
 func (e *Engine) isHeld(j *job.Job) bool {
-	if j.Owner == "" || !e.now().Before(j.LeaseUntil) {
+	if j.Owner == "" {
+		return false
+	}
+	// A script holds its job between blocks without renewing it; on its
+	// own machine whether it still runs is known for certain.
+	if isScriptHolder(j.Owner) && onThisHost(j.Owner) {
+		return ownerAlive(j.Owner)
+	}
+	if !e.now().Before(j.LeaseUntil) {
 		return false
 	}
 	return ownerAlive(j.Owner)

@@ -141,6 +141,9 @@ func (e *Engine) Execute(ctx context.Context, j *job.Job, obs Observer) (*Outcom
 	if err != nil {
 		return nil, fmt.Errorf("job %s: loading its source: %w", j.ID, err)
 	}
+	if src.Entry == ScriptEntry {
+		return e.refuseScript(ctx, j)
+	}
 	prog, err := e.cache.Program(src)
 	if err != nil {
 		return e.finishEarly(ctx, j, err)
@@ -196,6 +199,21 @@ func (e *Engine) Execute(ctx context.Context, j *job.Job, obs Observer) (*Outcom
 	result, runErr := r.main()
 	stopFlusher()
 	return r.finish(ctx, result, runErr)
+}
+
+// refuseScript gives back a script job that an engine took up to run as
+// a workflow (a server found it queued, or its drover resume died): only
+// drover resume, on the store, runs a script again. It is left suspended,
+// saying so.
+func (e *Engine) refuseScript(ctx context.Context, j *job.Job) (*Outcome, error) {
+	st := job.Suspended
+	reason := "a script's job: continue it with drover resume " + j.ID + " (with --db) on a machine that has its script"
+	err := e.store.Apply(ctx, &job.Update{JobID: j.ID, Owner: j.Owner, State: &st, Reason: &reason, Release: true, ClearRequest: true})
+	if err != nil {
+		return nil, err
+	}
+	j, err = e.store.Job(ctx, j.ID)
+	return &Outcome{Job: j}, err
 }
 
 func (e *Engine) finishEarly(ctx context.Context, j *job.Job, cause error) (*Outcome, error) {

@@ -178,14 +178,17 @@ func (e *Engine) orphans(ctx context.Context, topLevel bool) []string {
 			return nil
 		}
 		for _, j := range jobs {
-			ids = append(ids, j.ID)
+			// A script between blocks holds its job without renewing it.
+			if !isScriptHolder(j.Owner) {
+				ids = append(ids, j.ID)
+			}
 		}
 	}
 	// A dead process of this machine is known before its lease expires.
 	live, err := e.store.Jobs(ctx, job.Filter{States: []job.State{job.Running}, Limit: 1000, TopLevel: topLevel}, e.now())
 	if err == nil {
 		for _, j := range live {
-			if j.Owner != e.owner && !ownerAlive(j.Owner) {
+			if j.Owner != e.owner && !ownerAlive(j.Owner) && !isScriptHolder(j.Owner) {
 				ids = append(ids, j.ID)
 			}
 		}
