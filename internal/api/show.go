@@ -27,7 +27,13 @@ func BuildShow(ctx context.Context, eng *engine.Engine, j *job.Job) (*Show, erro
 	if steps == nil {
 		steps = []job.Step{}
 	}
-	SortSteps(steps)
+	// A script job's blocks have names, not positions: they show in the
+	// order the script first reached them, as journaled.
+	if sc, err := eng.ScriptOf(ctx, j); err != nil {
+		return nil, err
+	} else if sc == nil {
+		SortSteps(steps)
+	}
 	children, err := st.CountChildren(ctx, j.ID, time.Now())
 	if err != nil {
 		return nil, err

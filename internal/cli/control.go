@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -109,9 +111,25 @@ func (a *app) resume(ctx context.Context, eng *engine.Engine, jobs []*job.Job, h
 	var run, parents []*job.Job
 	code := ExitOK
 	worse := func(c int) { code = worst(code, c) }
+	var scripts []scriptToRun
 	for _, j := range jobs {
 		if c := a.resumeCheck(j, eng.EffectiveState(j)); c != ExitOK {
 			worse(c)
+			continue
+		}
+		sc, err := eng.ScriptOf(ctx, j)
+		if err != nil {
+			fmt.Fprintf(a.stderr, "drover: %v\n", err)
+			worse(ExitFailed)
+			continue
+		}
+		if sc != nil {
+			if upgrade {
+				fmt.Fprintf(a.stderr, "drover: job %s is a script's job: it has no workflow to upgrade; drover resume runs its script as it is now\n", j.ID)
+				worse(ExitUsage)
+				continue
+			}
+			scripts = append(scripts, scriptToRun{j, sc})
 			continue
 		}
 		if upgrade {
@@ -141,6 +159,9 @@ func (a *app) resume(ctx context.Context, eng *engine.Engine, jobs []*job.Job, h
 		} else if err != nil {
 			return err
 		}
+	}
+	if len(scripts) > 0 {
+		worse(a.resumeScripts(ctx, eng, scripts))
 	}
 	if len(run) == 0 {
 		return exitCode(code, nil)
@@ -519,4 +540,78 @@ func (a *app) signalCmd() *cobra.Command {
 		},
 	}
 	return c
+}
+
+// scriptToRun is a script job drover resume runs again.
+type scriptToRun struct {
+	job    *job.Job
+	script *engine.Script
+}
+
+// resumeScripts runs the scripts of script jobs again from the top, one
+// after the other, their output on this command's: their blocks that
+// ended replay, the rest run (SPEC 6). Each script gets this command's
+// environment with DROVER_JOB naming its job and DROVER_DB this store.
+func (a *app) resumeScripts(ctx context.Context, eng *engine.Engine, scripts []scriptToRun) int {
+	db, err := a.dbPath()
+	if err != nil {
+		fmt.Fprintf(a.stderr, "drover: %v\n", err)
+		return ExitFailed
+	}
+	if !isPostgres(db) {
+		// The script runs in its own directory.
+		if db, err = filepath.Abs(db); err != nil {
+			fmt.Fprintf(a.stderr, "drover: %v\n", err)
+			return ExitFailed
+		}
+	}
+	env := scriptEnv(os.Environ(), db)
+	detach := make(chan struct{})
+	stop := a.onInterrupt(eng, detach)
+	defer stop()
+	code := ExitOK
+	var final []*job.Job
+	for _, s := range scripts {
+		select {
+		case <-detach:
+			// Ctrl-C: the rest are not started.
+			return worst(code, a.summarize(final))
+		default:
+		}
+		cj, err := eng.ClaimScript(ctx, s.job.ID)
+		if err != nil {
+			msg := err.Error()
+			if errors.Is(err, job.ErrHeld) {
+				msg = "its script is still running"
+			}
+			fmt.Fprintf(a.stderr, "drover: job %s: %s\n", s.job.ID, msg)
+			code = worst(code, ExitFailed)
+			continue
+		}
+		fmt.Fprintf(a.stderr, "drover: job %s: running %s again (in %s)\n", cj.ID, strings.Join(s.script.Argv, " "), s.script.Cwd)
+		j, _, err := eng.RunScript(ctx, cj, s.script, engine.ScriptRun{Env: env, Stdout: a.stdout, Stderr: a.stderr})
+		if err != nil {
+			fmt.Fprintf(a.stderr, "drover: job %s: %v\n", cj.ID, err)
+			code = worst(code, ExitFailed)
+			continue
+		}
+		final = append(final, j)
+	}
+	return worst(code, a.summarize(final))
+}
+
+// scriptEnv is a resumed script's environment: this command's, with the
+// store named so that its blocks find the job (whatever --db said) and no
+// server, since drover step works on the store.
+func scriptEnv(environ []string, db string) []string {
+	env := make([]string, 0, len(environ)+1)
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "DROVER_DB", "DROVER_SERVER", "DROVER_JOB":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "DROVER_DB="+db)
 }

@@ -245,6 +245,9 @@ func (a *app) summary(j *job.Job, multi bool) int {
 				fmt.Fprintf(a.stderr, "it times out at %s\n", j.WakeAt.Local().Format(time.RFC3339))
 			}
 			fmt.Fprintf(a.stderr, "send it with: drover signal %s %s '{...}'\nthen continue it with: drover resume %s\n", j.ID, j.WaitFor[0], j.ID)
+		} else if j.WakeAt.IsZero() {
+			// A script's job at drover step --wait: its reason says where.
+			fmt.Fprintf(a.stderr, "job %s is %s\n", j.ID, j.Reason)
 		} else {
 			fmt.Fprintf(a.stderr, "job %s is waiting until %s\ncontinue it then with: drover resume %s\n", j.ID, j.WakeAt.Local().Format(time.RFC3339), j.ID)
 		}

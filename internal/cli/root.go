@@ -128,7 +128,7 @@ crash, a reboot, an operator's suspend or a days-long wait for approval.`,
 	root.AddCommand(
 		a.runCmd(), a.jobsCmd(), a.showCmd(), a.outputCmd(), a.logsCmd(),
 		a.resumeCmd(), a.suspendCmd(), a.stopCmd(), a.rmCmd(), a.waitCmd(), a.signalCmd(),
-		a.workflowCmd(), a.scheduleCmd(), a.serverCmd(), a.tokenCmd(), a.dbCmd(),
+		a.workflowCmd(), a.scheduleCmd(), a.serverCmd(), a.tokenCmd(), a.dbCmd(), a.stepCmd(),
 	)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return exitCode(ExitUsage, fmt.Errorf("%w\nsee 'drover %s --help'", err, c.Name()))

@@ -264,6 +264,11 @@ func (s *Server) resumeJob(w http.ResponseWriter, r *http.Request, u user) *http
 	if j.ParentID != "" {
 		return badRequest("job %s is a child of job %s; resume the parent (with hosts to narrow it)", id, j.ParentID)
 	}
+	if sc, err := s.eng.ScriptOf(ctx, j); err != nil {
+		return fromErr(err)
+	} else if sc != nil {
+		return conflict("job %s is a script's job (drover step): a server does not run scripts; resume it with drover resume %s on the store (--db, without --server) on a machine that has its script", id, id)
+	}
 	state := s.eng.EffectiveState(j)
 	switch {
 	case state == job.Completed:
