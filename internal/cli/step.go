@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -56,7 +57,14 @@ error); 2 on a usage error.`,
 			if modes > 1 {
 				return usageErr("give one of a block, --wait NAME, --id or --exit CODE")
 			}
+			// Flags stop at NAME, so the -- after it is an argument here.
 			dash := cmd.ArgsLenAtDash()
+			if dash < 0 {
+				if i := slices.Index(args, "--"); i >= 0 {
+					dash = i
+					args = slices.Delete(slices.Clone(args), i, i+1)
+				}
+			}
 			switch {
 			case wait:
 				if dash >= 0 || len(args) != 1 {
@@ -138,6 +146,9 @@ error); 2 on a usage error.`,
 			return nil
 		},
 	}
+	// Flags come before NAME: after it everything is the block's, so
+	// that a command's own flags are never taken for drover's.
+	c.Flags().SetInterspersed(false)
 	c.Flags().BoolVar(&wait, "wait", false, "the job waits at this point until it is resumed: exit 3")
 	c.Flags().BoolVar(&printID, "id", false, "print the job's id (creating the job)")
 	c.Flags().IntVar(&exit, "exit", 0, "record the end of a script run directly, with its exit status")
