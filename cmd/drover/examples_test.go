@@ -44,6 +44,16 @@ func TestExamplesAreRun(t *testing.T) {
 			t.Errorf("no script in testdata/script runs examples/%s (with drover run)", filepath.Base(ex))
 		}
 	}
+	// Scripts with drover step blocks (SPEC 6), run with bash or sh.
+	scriptsEx, err := filepath.Glob(filepath.Join("..", "..", "examples", "*.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ex := range scriptsEx {
+		if !runsScript(runs, "examples/"+filepath.Base(ex)) {
+			t.Errorf("no script in testdata/script runs examples/%s (with bash or sh)", filepath.Base(ex))
+		}
+	}
 	// The README's first command.
 	if !strings.Contains(runs, "drover run examples/hello.star -p name=world") {
 		t.Error("no script runs the README's first command: drover run examples/hello.star -p name=world")
@@ -54,6 +64,17 @@ func TestExamplesAreRun(t *testing.T) {
 func runsFile(scripts, file string) bool {
 	for _, line := range strings.Split(scripts, "\n") {
 		if strings.Contains(line, "drover run ") && strings.Contains(line, " "+file) {
+			return true
+		}
+	}
+	return false
+}
+
+// runsScript reports whether a line of scripts runs the shell script
+// file.
+func runsScript(scripts, file string) bool {
+	for _, line := range strings.Split(scripts, "\n") {
+		if strings.Contains(line, "bash "+file) || strings.Contains(line, "sh "+file) {
 			return true
 		}
 	}
