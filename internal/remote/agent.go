@@ -86,8 +86,18 @@ func (m *Manager) startAgent(c *conn) (*shAgent, error) {
 		return nil, err
 	}
 	a := &shAgent{c: c, s: s, ended: make(chan struct{})}
-	s.Stdout = agentSink{a: a}
-	s.Stderr = agentSink{a: a, stderr: true}
+	// Pipes read here with small buffers rather than io.Copy's 32 KiB
+	// each: an agent lives as long as its connection.
+	stdout, err := s.StdoutPipe()
+	if err != nil {
+		m.closeSession(s)
+		return nil, fmt.Errorf("agent stdout: %w", err)
+	}
+	stderr, err := s.StderrPipe()
+	if err != nil {
+		m.closeSession(s)
+		return nil, fmt.Errorf("agent stderr: %w", err)
+	}
 	if a.stdin, err = s.StdinPipe(); err != nil {
 		m.closeSession(s)
 		return nil, fmt.Errorf("agent stdin: %w", err)
@@ -97,8 +107,31 @@ func (m *Manager) startAgent(c *conn) (*shAgent, error) {
 		return nil, fmt.Errorf("start the agent: %w", err)
 	}
 	m.m.agentsStarted.Add(1)
+	var copies sync.WaitGroup
+	for _, r := range []struct {
+		from io.Reader
+		to   agentSink
+	}{{stdout, agentSink{a: a}}, {stderr, agentSink{a: a, stderr: true}}} {
+		copies.Add(1)
+		go func() {
+			defer copies.Done()
+			buf := make([]byte, 8<<10)
+			for {
+				n, err := r.from.Read(buf)
+				if n > 0 {
+					r.to.Write(buf[:n])
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
 	go func() {
+		// Wait returns once the channel closed; the output read by then
+		// must reach the request before it is told the session ended.
 		s.Wait()
+		copies.Wait()
 		close(a.ended)
 	}()
 	return a, nil
@@ -272,6 +305,12 @@ func (m *Manager) trimIdleLocked(c *conn) {
 // script and its arguments) and returns its output; a non-zero exit is
 // an error.
 func (m *Manager) runHelper(ctx context.Context, t *target, op string, args ...string) ([]byte, []byte, error) {
+	return m.helper(ctx, t, false, op, args...)
+}
+
+// helper is runHelper; with last, the agent is closed afterwards instead
+// of kept for the next call.
+func (m *Manager) helper(ctx context.Context, t *target, last bool, op string, args ...string) ([]byte, []byte, error) {
 	var stdout, stderr lineBuffer
 	stdout.emit = func(string, string) {}
 	stderr.emit = stdout.emit
@@ -285,6 +324,11 @@ func (m *Manager) runHelper(ctx context.Context, t *target, op string, args ...s
 		out := &stdoutParser{nonce: []byte(nonce), sink: &stdout}
 		errp := &stderrParser{nonce: []byte(nonce), sink: &stderr}
 		received, err := a.do(ctx, nonce, op, args, nil, out, errp)
+		if last {
+			a.mu.Lock()
+			a.broken = true
+			a.mu.Unlock()
+		}
 		if err == nil {
 			if tr, ok = out.result(); !ok {
 				err = errAgentEnded

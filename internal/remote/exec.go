@@ -208,7 +208,10 @@ func (m *Manager) Forget(ctx context.Context, h engine.Host, jobID string) error
 	if err != nil {
 		return err
 	}
-	if _, stderr, err := m.runHelper(ctx, t, "F", m.jobDir(jobID)); err != nil {
+	// The agent that cleaned goes too: a job's end is mostly its host's
+	// last call for a while, and an idle agent holds a shell there and
+	// some memory here until the connection's idle sweep.
+	if _, stderr, err := m.helper(ctx, t, true, "F", m.jobDir(jobID)); err != nil {
 		return fmt.Errorf("forget job %s: %w: %s", jobID, err, stderr)
 	}
 	m.mu.Lock()
