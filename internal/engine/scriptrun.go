@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/drover/drover/internal/job"
 )
@@ -106,6 +107,11 @@ func (e *Engine) RunScript(ctx context.Context, j *job.Job, sc *Script, o Script
 		action, reason = job.ActionSuspend, "suspended: drover resume was interrupted"
 	}
 	if action != job.ActionNone {
+		if cmd.Process != nil {
+			// Let the blocks that were told to end record how they ended
+			// before the job stops taking their results.
+			drainGroup(cmd.Process.Pid, 5*time.Second)
+		}
 		cur, err := e.store.Job(wctx, j.ID)
 		if err != nil {
 			return nil, code, err
@@ -149,4 +155,17 @@ func (e *Engine) ClaimScript(ctx context.Context, id string) (*job.Job, error) {
 	}
 	cj.Error, cj.Reason = "", ""
 	return cj, nil
+}
+
+// drainGroup waits for the processes of a group to end, and kills those
+// left after wait.
+func drainGroup(pgid int, wait time.Duration) {
+	deadline := time.Now().Add(wait)
+	for syscall.Kill(-pgid, 0) == nil {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
