@@ -45,7 +45,8 @@ A block whose command exits non-zero is kept too, and replays with its
 status in the same run of the script; when the job is resumed it runs
 again. Exit status: the command's (kept) status; 3 when the job waits;
 1 when drover cannot do its part (unknown job, one that has ended, a store
-error); 2 on a usage error.`,
+error); 2 on a usage error. drover's flags go before NAME: everything after
+NAME belongs to the block.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			modes := 0

@@ -228,7 +228,7 @@ func (e *Engine) scriptJobOf(ctx context.Context, p Proc, pid int) (*job.Job, bo
 	}
 	if got != candidate {
 		// Another block of the script is creating it: wait for the row.
-		deadline := time.Now().Add(30 * time.Second)
+		deadline := time.Now().Add(10 * time.Second)
 		for {
 			j, err := e.store.Job(ctx, got)
 			if err == nil {
@@ -238,7 +238,7 @@ func (e *Engine) scriptJobOf(ctx context.Context, p Proc, pid int) (*job.Job, bo
 				return nil, false, err
 			}
 			if time.Now().After(deadline) {
-				return nil, false, fmt.Errorf("the script's job %s was never created (its first block died?): %w", got, err)
+				return nil, false, fmt.Errorf("the script's job %s does not exist (removed with drover rm, or its first block died creating it): %w", got, err)
 			}
 			select {
 			case <-ctx.Done():
