@@ -212,7 +212,8 @@ func (s *Store) ClaimDue(ctx context.Context, owner string, until, now time.Time
 			AND (owner = '' OR lease_until < $3)
 			ORDER BY created, id LIMIT $4 FOR NO KEY UPDATE SKIP LOCKED
 		), o AS (
-			SELECT id, created FROM jobs WHERE state = 'running' AND $5 AND lease_until < $3 AND owner <> $1` + top + `
+			SELECT id, created FROM jobs WHERE state = 'running' AND $5 AND lease_until < $3 AND owner <> $1
+			AND owner NOT LIKE '%:script'` + top + `
 			ORDER BY created, id LIMIT $4 FOR NO KEY UPDATE SKIP LOCKED
 		), d AS (
 			SELECT id FROM (SELECT id, created FROM q UNION ALL SELECT id, created FROM w UNION ALL SELECT id, created FROM o) d
@@ -222,6 +223,10 @@ func (s *Store) ClaimDue(ctx context.Context, owner string, until, now time.Time
 			started = coalesce(started, $3), ended = NULL, request = '', updated = $3
 		WHERE id IN (SELECT id FROM d)
 		RETURNING ` + jobColumns
+	// Running jobs whose lease expired are a dead engine's, taken over;
+	// but not a job held by its script between drover step blocks (an
+	// owner ending in ":script"): a script does not renew, and only
+	// drover resume runs it again.
 	takeOver := time.Since(s.ReachableSince()) >= 2*until.Sub(now)
 	var out []*job.Job
 	err := s.write(ctx, &request{

@@ -245,10 +245,12 @@ func TestClaimDueTakesOverExpired(t *testing.T) {
 	mk := func(id, owner string, lease time.Duration) *job.Job {
 		return &job.Job{ID: id, Created: now.Add(-time.Minute), Owner: owner, LeaseUntil: now.Add(lease)}
 	}
-	if err := s.CreateJobs(ctx, testSource(), mk("dead", "X", -time.Second), mk("live", "X", time.Hour), mk("mine", "E", -time.Second)); err != nil {
+	if err := s.CreateJobs(ctx, testSource(), mk("dead", "X", -time.Second), mk("live", "X", time.Hour), mk("mine", "E", -time.Second),
+		// A script between drover step blocks does not renew its lease.
+		mk("script", "h:1:2:script", -time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{"dead", "live", "mine"} {
+	for _, id := range []string{"dead", "live", "mine", "script"} {
 		if j, err := s.Job(ctx, id); err != nil || j.State != job.Running {
 			t.Fatalf("job %s created with an owner: %+v, %v; want running", id, j, err)
 		}
