@@ -62,3 +62,31 @@ func TestAgentScriptWithoutGNUHead(t *testing.T) {
 		t.Errorf("F left the job directory: %v", err)
 	}
 }
+
+// BenchmarkAgentScriptSteps runs supervised `true` steps through a local
+// agent, without SSH: what a step costs the host. Under perf stat
+// (docs/benchmarks.md) it counts the detached runners too.
+func BenchmarkAgentScriptSteps(b *testing.B) {
+	run := b.TempDir()
+	var req bytes.Buffer
+	for i := 0; i < b.N; i++ {
+		n := "n" + strconv.Itoa(i)
+		req.WriteString(n + " L 0\n")
+		for _, a := range []string{filepath.Join(run, "job", strconv.Itoa(i)), n, "tok", "0", "0", "0", "0", "true"} {
+			req.WriteString(shellQuote(a) + " ")
+		}
+		req.WriteString("\n" + n + "\n")
+	}
+	req.WriteString("f F 0\n" + shellQuote(filepath.Join(run, "job")) + "\nf\n")
+	cmd := exec.Command("/bin/sh", "-c", agentScript, "drover", run)
+	cmd.Stdin = &req
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	b.ResetTimer()
+	if err := cmd.Run(); err != nil {
+		b.Fatal(err)
+	}
+	if got := bytes.Count(out.Bytes(), []byte(" R 0\n")); got != b.N+1 {
+		b.Fatalf("%d results for %d steps and a forget:\n%s", got, b.N, out.Bytes())
+	}
+}
