@@ -53,11 +53,11 @@ func (s *Store) interactiveOnce(ctx context.Context, fn func(ctx context.Context
 	defer conn.Release()
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.WriteTimeout)
 	defer cancel()
-	var xid int64
+	t := txn{pid: conn.Conn().PgConn().PID()}
 	if _, err := conn.Exec(tctx, "BEGIN"); err != nil {
 		return err, lost(conn, err)
 	}
-	if err := conn.QueryRow(tctx, "SELECT txid_current()").Scan(&xid); err != nil {
+	if err := conn.QueryRow(tctx, txnSQL).Scan(&t.xid, &t.started); err != nil {
 		rollback(conn)
 		return err, lost(conn, err)
 	}
@@ -68,7 +68,7 @@ func (s *Store) interactiveOnce(ctx context.Context, fn func(ctx context.Context
 		}
 		return err, lost(conn, err)
 	}
-	return s.commit(tctx, conn, false, xid)
+	return s.commitConn(tctx, conn, t)
 }
 
 // Notify sends NOTIFY drover_due, as the writes that make a job due do,

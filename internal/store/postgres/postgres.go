@@ -9,11 +9,13 @@
 // the others waiting, and runs in one transaction with one commit. Each
 // request is a fixed list of statements whose conditions are in the SQL
 // (an Apply's inserts join its fenced UPDATE of the job), so the writer
-// needs no answer from the server between them: it sends BEGIN and all the
-// statements of the batch in one pipeline, reads the results, and commits.
-// A statement that fails with an error aborts the transaction; the writer
-// then runs every request of the batch alone, so that a bad request fails
-// by itself. Request, whose held callback must see the stored row, runs as
+// needs no answer from the server between them, and a request that is
+// refused (a lost lease, a job that is not waiting) has written nothing:
+// the writer sends BEGIN, all the statements of the batch and COMMIT in
+// one pipeline, one round trip, and then reads the answers. A statement
+// that fails with an error aborts the transaction, and the server skips
+// the rest, COMMIT included; the writer then runs every request of the
+// batch alone, so that a bad request fails by itself. Request, whose held callback must see the stored row, runs as
 // its own transaction on the pool. (BenchmarkOneStepJobs compares this
 // with a transaction per write on a pool of connections, which leaves the
 // grouping to PostgreSQL's own group commit: batching does 2 to 3 times
@@ -24,14 +26,19 @@
 // Nothing is acknowledged before its COMMIT is: a write returns nil only
 // once the server confirmed the commit. When the connection fails, a write
 // is retried with backoff (for Options.RetryFor) only when it certainly did
-// not commit: no connection could be had, or the failure came before COMMIT
-// was sent, or the server answered COMMIT with an error that means a
-// rollback. When the answer to COMMIT is lost, the outcome is not guessed:
-// the store asks the server, once it is back, whether the transaction
+// not commit: no connection could be had, or nothing was sent, or the
+// server answered a statement before COMMIT with an error or with the
+// notice that it is ending the session (answers come in order, so it ran
+// nothing after), or it answered COMMIT with an error that means a
+// rollback. When the answers are lost, the outcome is not guessed: the
+// store asks the server, once it is back, whether the transaction
 // committed (txid_status, with the id each transaction reads at its
-// start), and either returns the results it had read or runs the write
-// again. Only when the server cannot tell within RetryFor does the write
-// fail, with ErrOutcomeUnknown: running it again could apply it twice.
+// start, or asked of its backend if that answer was lost too), and either
+// returns the results it had read or runs the write again. A request
+// whose own answer was lost in a transaction that committed fails with
+// ErrOutcomeUnknown, as does a write when the server cannot tell within
+// RetryFor, or has crashed since and may have given the transaction's id
+// to another (see txStatus): running it again could apply it twice.
 // Reads are idempotent and retried on any connection failure, for the
 // same time. Open does not retry: a wrong URL fails at once.
 //
@@ -146,6 +153,12 @@ type Store struct {
 	// the store is shared.
 	opening bool
 
+	// ending holds the pool's connections whose server said in a notice
+	// that it is ending their session (the WARNING of an immediate
+	// shutdown or a crash, which is no error): the answers read before it
+	// are all the session ran. See tryTx.
+	ending sync.Map // *pgconn.PgConn -> struct{}
+
 	// applySQL caches Apply's statement text by the set of fields it sets.
 	applySQL sync.Map // applyMask -> string
 	// sources holds the digests of the sources this store has seen
@@ -198,6 +211,12 @@ func OpenOptions(ctx context.Context, rawURL string, opt Options) (*Store, error
 		return nil, err
 	}
 	s.cfg = cfg.ConnConfig.Copy()
+	cfg.ConnConfig.OnNotice = func(pc *pgconn.PgConn, n *pgconn.Notice) {
+		if strings.HasPrefix(n.Code, "57P") {
+			s.ending.Store(pc, struct{}{})
+		}
+	}
+	cfg.BeforeClose = func(c *pgx.Conn) { s.ending.Delete(c.PgConn()) }
 	s.pool, err = pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, s.redact(fmt.Errorf("open store %s: %w", s.name, err))

@@ -35,7 +35,10 @@ func answer(err error) (error, bool) {
 // request is one write waiting for a writer. build queues its statements
 // on the batch; read reads their results in the same order. The statements
 // must need no answer from the server between them: whatever decides
-// whether they change anything is in their SQL. A request may run twice
+// whether they change anything is in their SQL, so that a request read
+// refuses has written nothing, and COMMIT can follow in the same pipeline.
+// A statement that makes a job due calls pg_notify only for the rows it
+// changed (see notifyCall). A request may run twice
 // (in its batch and then alone, see runBatch), so read must set the
 // caller's results only from what it reads.
 type request struct {
@@ -50,10 +53,7 @@ type request struct {
 	// alone, into the caller's error (a foreign key into job.ErrNotFound);
 	// nil returns it wrapped with op.
 	mapErr func(err error) error
-	// due says the request may make a job due: its transaction notifies
-	// the listeners.
-	due bool
-	err chan error
+	err    chan error
 }
 
 // write queues a request and waits for its outcome. Requests waiting at
@@ -232,11 +232,19 @@ func contextOf(reqs []*request) (context.Context, context.CancelFunc) {
 	return ctx, cancel
 }
 
-// tryTx runs the requests in one transaction once: BEGIN and every
-// statement go in one pipeline, COMMIT follows when all have run. retry
-// reports that the transaction certainly did not commit and failed for a
-// reason that may pass (a lost connection, a deadlock, a server shutting
-// down).
+// txnSQL reads what resolve needs to know of a transaction: its id, and
+// when the server started.
+const txnSQL = "SELECT txid_current(), pg_postmaster_start_time()"
+
+// tryTx runs the requests in one transaction once, in one round trip:
+// BEGIN, txid_current, every request's statements and COMMIT go in one
+// pipeline. That is safe because whatever refuses a request is in its SQL
+// (see request): a refused request changes nothing, so the others commit
+// whatever the answers say, and a NOTIFY sent by a statement that made a
+// job due is delivered only if it commits. A statement that fails makes
+// the server skip the rest of the pipeline, COMMIT included. retry reports
+// that the transaction certainly did not commit and failed for a reason
+// that may pass (a lost connection, a deadlock, a server shutting down).
 func (s *Store) tryTx(reqs []*request) (res []error, err error, retry bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.WriteTimeout)
 	defer cancel()
@@ -245,26 +253,34 @@ func (s *Store) tryTx(reqs []*request) (res []error, err error, retry bool) {
 		return nil, fmt.Errorf("connect: %w", err), connectRetryable(err)
 	}
 	defer conn.Release()
+	pc := conn.Conn().PgConn()
+	t := txn{pid: pc.PID()}
 
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	// The transaction's id lets commit ask whether it committed when the
-	// answer to COMMIT is lost.
-	b.Queue("SELECT txid_current()")
+	// The transaction's id lets resolve ask whether it committed when the
+	// answers are lost.
+	b.Queue(txnSQL)
 	now := time.Now()
 	for _, r := range reqs {
 		r.build(b, now)
 	}
+	b.Queue("COMMIT")
+	s.ending.Delete(pc)
 	br := conn.SendBatch(ctx, b)
 	res = make([]error, len(reqs))
-	var xid int64
+	var (
+		haveXid bool
+		read    int // requests whose answers were read
+	)
 	err = func() error {
 		if _, err := br.Exec(); err != nil {
 			return err
 		}
-		if err := br.QueryRow().Scan(&xid); err != nil {
+		if err := br.QueryRow().Scan(&t.xid, &t.started); err != nil {
 			return err
 		}
+		haveXid = true
 		for i, r := range reqs {
 			err := r.read(br)
 			if a, ok := answer(err); ok {
@@ -272,109 +288,137 @@ func (s *Store) tryTx(reqs []*request) (res []error, err error, retry bool) {
 			} else if err != nil {
 				return err
 			}
+			read = i + 1
 		}
 		return nil
 	}()
-	if cerr := br.Close(); err == nil {
-		err = cerr
+	if err == nil {
+		return s.commit(conn, br, t, res)
 	}
-	if err != nil {
-		// COMMIT was never sent: whatever failed, nothing is stored.
+	br.Close()
+	_, ending := s.ending.LoadAndDelete(pc)
+	closed := pc.IsClosed()
+	switch {
+	case pgCode(err) != "" || ending:
+		// The server answered a statement before COMMIT with an error, or
+		// said it was ending the session there; answers come in order, so
+		// it ran nothing after that statement, COMMIT included.
 		rollback(conn)
-		switch {
-		case lost(conn, err):
+		if closed || retryableCode(pgCode(err)) {
 			return nil, err, true
-		case errors.Is(err, context.DeadlineExceeded):
-			return nil, fmt.Errorf("not written: the transaction took longer than %v: %w", s.opt.WriteTimeout, err), false
 		}
 		return nil, &stmtError{err}, false
+	case pgconn.SafeToRetry(err):
+		// Nothing was sent.
+		return nil, err, true
 	}
+	// The connection failed, the write timed out, or an answer could not
+	// be read: the server may have run the pipeline to its COMMIT. Ask it.
+	if !closed && pc.TxStatus() != 'I' {
+		rollback(conn)
+	}
+	var rerr error
+	if haveXid {
+		rerr, retry = s.resolve(t, err)
+	} else {
+		rerr, retry = s.resolvePID(t.pid, err)
+	}
+	if rerr != nil {
+		if retry && errors.Is(err, context.DeadlineExceeded) {
+			// Running it again would likely wait as long.
+			return nil, fmt.Errorf("not written: the transaction took longer than %v: %w", s.opt.WriteTimeout, err), false
+		}
+		return nil, rerr, retry
+	}
+	// It committed, with the requests whose answers were not read: each
+	// of them either wrote or was refused, and nobody can tell which.
+	for i := read; i < len(reqs); i++ {
+		res[i] = fmt.Errorf("%s: %w: it committed, but its answer was lost: %w", reqs[i].op, ErrOutcomeUnknown, s.redact(err))
+	}
+	return res, nil, false
+}
 
-	// Listeners hear of due jobs only from requests that did make them
-	// due: a refused signal wakes nobody.
-	notify := false
-	for i, r := range reqs {
-		notify = notify || r.due && res[i] == nil
+// commit reads the answer to COMMIT, the last of br's statements, whose
+// others have all been read; res are the requests' answers. retry reports
+// that it certainly did not commit and may be run again. When the answer
+// is lost, resolve asks the server what became of transaction t; if it
+// cannot tell, the error wraps ErrOutcomeUnknown.
+func (s *Store) commit(conn *pgxpool.Conn, br pgx.BatchResults, t txn, res []error) ([]error, error, bool) {
+	tag, err := br.Exec()
+	cerr := br.Close()
+	switch {
+	case err == nil && tag.String() == "COMMIT":
+		return res, nil, false
+	case err == nil && cerr == nil:
+		// The server rolled back (it answers COMMIT of a failed
+		// transaction with ROLLBACK); nothing before failed, so this is
+		// not expected, but it certainly did not commit.
+		return nil, fmt.Errorf("commit: the server rolled the transaction back (%s)", tag), true
+	case err == nil:
+		err = cerr
 	}
-	if err, retry := s.commit(ctx, conn, notify, xid); err != nil {
+	if (pgCode(err) == "40001" || pgCode(err) == "40P01") && !conn.Conn().IsClosed() {
+		return nil, fmt.Errorf("commit: %w", err), true
+	}
+	// The server may have committed before the connection, or the server,
+	// went away. Even an error from the server does not say: a backend
+	// told to terminate may report it after its commit is durable.
+	if err, retry := s.resolve(t, err); err != nil {
 		return nil, err, retry
 	}
 	return res, nil, false
 }
 
-// commit commits the transaction xid open on conn, first sending NOTIFY
-// drover_due in it when notify is set: in the same pipeline, so that it
-// costs no round trip. retry reports that it certainly did not commit and
-// may be run again. When the answer to COMMIT is lost, resolve asks the
-// server what became of the transaction; if it cannot tell, the error
-// wraps ErrOutcomeUnknown.
-func (s *Store) commit(ctx context.Context, conn *pgxpool.Conn, notify bool, xid int64) (err error, retry bool) {
-	pid := conn.Conn().PgConn().PID()
-	b := &pgx.Batch{}
-	if notify {
-		b.Queue("SELECT pg_notify($1, $2)", notifyChannel, s.schema)
-	}
-	b.Queue("COMMIT")
-	br := conn.SendBatch(ctx, b)
-	if notify {
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			switch {
-			case pgCode(err) != "" && !conn.Conn().IsClosed():
-				// The server refused the NOTIFY, which aborted the
-				// transaction: COMMIT became a no-op.
-				rollback(conn)
-				return fmt.Errorf("notify %s: %w", notifyChannel, err), retryableCode(pgCode(err))
-			case pgconn.SafeToRetry(err):
-				return fmt.Errorf("commit: %w", err), true
-			}
-			return s.resolve(xid, pid, err)
-		}
-	}
-	tag, err := br.Exec()
-	if cerr := br.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
+// resolvePID is resolve for a transaction whose id was not read: the id
+// is asked of backend pid, which has it while the transaction runs. Once
+// the backend has ended it, or gone, nobody can tell whether it committed.
+func (s *Store) resolvePID(pid uint32, cause error) (err error, retry bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// backend_xid is the 32-bit xid; the epoch above it is the current
+	// one, or the one before if the counter wrapped since.
+	t := txn{pid: pid}
+	err = s.pool.QueryRow(ctx, `SELECT x + ((c >> 32) - CASE WHEN x > c & 4294967295 THEN 1 ELSE 0 END) * 4294967296, pg_postmaster_start_time()
+		FROM (SELECT backend_xid::text::bigint AS x FROM pg_stat_activity WHERE pid = $1 AND backend_xid IS NOT NULL) a,
+			(SELECT txid_snapshot_xmax(txid_current_snapshot()) AS c) n`, int32(pid)).Scan(&t.xid, &t.started)
 	switch {
-	case err == nil && tag.String() == "COMMIT":
-		return nil, false
-	case err == nil:
-		// The server rolled back (it answers COMMIT of a failed
-		// transaction with ROLLBACK); nothing before failed, so this is
-		// not expected, but it certainly did not commit.
-		return fmt.Errorf("commit: the server rolled the transaction back (%s)", tag), true
-	case pgconn.SafeToRetry(err):
-		// Nothing of the COMMIT was sent.
-		return fmt.Errorf("commit: %w", err), true
-	case (pgCode(err) == "40001" || pgCode(err) == "40P01") && !conn.Conn().IsClosed():
-		return fmt.Errorf("commit: %w", err), true
+	case errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, cause), false
+	case err != nil:
+		return fmt.Errorf("%w: %w (finding out: %w)", ErrOutcomeUnknown, cause, err), false
 	}
-	// The COMMIT may have reached the server, which may have committed
-	// before the connection, or the server, went away. Even an error from
-	// the server does not say: a backend told to terminate may report it
-	// after its commit is durable.
-	return s.resolve(xid, pid, err)
+	return s.resolve(t, cause)
 }
 
-// resolve finds out whether transaction xid, whose COMMIT's answer was
-// lost (cause), committed: txid_status is PostgreSQL's answer to exactly
-// this question. The server may be restarting, so it asks again with
-// backoff for RetryFor. A transaction still in progress belongs to a
-// backend that has not noticed its client is gone: resolve terminates that
-// backend (pid, checked to still run xid), which rolls the transaction
-// back unless its commit was already under way.
-func (s *Store) resolve(xid int64, pid uint32, cause error) (err error, retry bool) {
+// txn names a transaction for resolve: its id, the backend that runs it,
+// and when the server that runs it started.
+type txn struct {
+	xid     int64
+	pid     uint32
+	started time.Time // pg_postmaster_start_time()
+}
+
+// resolve finds out whether transaction t, whose answers were lost
+// (cause), committed: txid_status is PostgreSQL's answer to exactly this
+// question. The server may be restarting, so it asks again with backoff
+// for RetryFor. A transaction still in progress belongs to a backend that
+// has not noticed its client is gone: resolve terminates that backend
+// (t.pid, checked to still run t.xid), which rolls the transaction back
+// unless its commit was already under way.
+func (s *Store) resolve(t txn, cause error) (err error, retry bool) {
 	deadline := time.Now().Add(s.opt.RetryFor)
 	for attempt := 1; ; attempt++ {
-		status, err := s.txStatus(xid, pid)
+		status, err := s.txStatus(t)
 		switch {
 		case err != nil:
 			s.failed("find out whether a commit whose answer was lost committed", attempt, err)
 		case status == "committed":
-			s.log.Info("a write whose commit was not confirmed did commit", "xid", xid, "err", s.redact(cause))
+			s.log.Info("a write whose commit was not confirmed did commit", "xid", t.xid, "err", s.redact(cause))
 			return nil, false
 		case status == "aborted":
 			return fmt.Errorf("commit: the transaction was rolled back: %w", cause), true
+		case status == "reused":
+			return fmt.Errorf("%w: %w (the server crashed and restarted since, and may have given the transaction's id to another)", ErrOutcomeUnknown, cause), false
 		case status == "":
 			// Too old for the server to remember: cannot happen within
 			// RetryFor, but then nobody knows.
@@ -382,7 +426,7 @@ func (s *Store) resolve(xid int64, pid uint32, cause error) (err error, retry bo
 		}
 		if s.opt.RetryFor < 0 || time.Now().After(deadline) {
 			if err == nil {
-				err = fmt.Errorf("transaction %d is still %s", xid, status)
+				err = fmt.Errorf("transaction %d is still %s", t.xid, status)
 			}
 			return fmt.Errorf("%w: %w (finding out: %w)", ErrOutcomeUnknown, cause, err), false
 		}
@@ -390,27 +434,57 @@ func (s *Store) resolve(xid int64, pid uint32, cause error) (err error, retry bo
 	}
 }
 
-// txStatus is txid_status(xid) on a new connection, after terminating the
-// backend pid if it still runs the transaction.
-func (s *Store) txStatus(xid int64, pid uint32) (string, error) {
+// txStatus is txid_status of t on a new connection, after terminating the
+// backend t.pid if it still runs the transaction; "reused" when that
+// status may be another transaction's.
+//
+// A server that crashes forgets the ids it gave to transactions none of
+// whose WAL was flushed, and gives them again after its restart. Such a
+// transaction did not commit, but txid_status would answer for the
+// transaction that has its id now. So once the server has restarted since
+// t began, only "aborted" is believed as it is: after a clean shutdown no
+// id is given twice (the shutdown checkpoint, the latest checkpoint still,
+// predates the start); after a crash, an id at or above the next id of
+// the checkpoint that ended recovery was never in the WAL, and did not
+// commit; below it, it may have, and nobody can tell once a later
+// checkpoint has moved the next id on.
+func (s *Store) txStatus(t txn) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var status *string
-	err := s.pool.QueryRow(ctx, `SELECT txid_status($1)`, xid).Scan(&status)
-	if err != nil || status == nil || *status != "in progress" {
-		if status == nil {
-			return "", err
-		}
-		return *status, err
+	var (
+		status        *string
+		start, ckptAt time.Time
+		ckptNext      int64
+	)
+	err := s.pool.QueryRow(ctx, `SELECT CASE WHEN $1 < txid_snapshot_xmax(txid_current_snapshot()) THEN txid_status($1) ELSE 'future' END,
+		pg_postmaster_start_time(), checkpoint_time,
+		(split_part(next_xid, ':', 1)::bigint << 32) + split_part(next_xid, ':', 2)::bigint
+		FROM pg_control_checkpoint()`, t.xid).Scan(&status, &start, &ckptAt, &ckptNext)
+	switch {
+	case err != nil || status == nil:
+		return "", err
+	case *status == "future":
+		// Only a crash makes an id given out not yet given out.
+		return "aborted", nil
+	case *status == "aborted" || t.started.IsZero() || start.Equal(t.started):
+	case !ckptAt.After(start):
+		// Restarted after a clean shutdown.
+	case t.xid >= ckptNext:
+		return "aborted", nil
+	default:
+		return "reused", nil
+	}
+	if *status != "in progress" {
+		return *status, nil
 	}
 	// backend_xid is the 32-bit xid; txid_current adds the epoch above it.
 	_, err = s.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		WHERE pid = $1 AND backend_xid::text::bigint = $2 % 4294967296`, int32(pid), xid)
+		WHERE pid = $1 AND backend_xid::text::bigint = $2 % 4294967296`, int32(t.pid), t.xid)
 	return *status, err
 }
 
-// lost reports whether err, met before COMMIT, is a failure of the
-// connection or the server rather than of the statements, so that the
+// lost reports whether err, met before COMMIT was sent, is a failure of
+// the connection or the server rather than of the statements, so that the
 // transaction may run again. The write timeout is neither: running again
 // would likely wait as long.
 func lost(conn *pgxpool.Conn, err error) bool {
@@ -418,6 +492,25 @@ func lost(conn *pgxpool.Conn, err error) bool {
 		return true
 	}
 	return pgCode(err) == "" && conn.Conn().IsClosed() && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// commitConn commits the transaction t open on conn, for interactive,
+// whose statements have all been answered. retry reports that it certainly
+// did not commit and may be run again; when the answer is lost, resolve
+// asks.
+func (s *Store) commitConn(ctx context.Context, conn *pgxpool.Conn, t txn) (err error, retry bool) {
+	tag, err := conn.Exec(ctx, "COMMIT")
+	switch {
+	case err == nil && tag.String() == "COMMIT":
+		return nil, false
+	case err == nil:
+		return fmt.Errorf("commit: the server rolled the transaction back (%s)", tag), true
+	case pgconn.SafeToRetry(err):
+		return fmt.Errorf("commit: %w", err), true
+	case (pgCode(err) == "40001" || pgCode(err) == "40P01") && !conn.Conn().IsClosed():
+		return fmt.Errorf("commit: %w", err), true
+	}
+	return s.resolve(t, err)
 }
 
 func rollback(conn *pgxpool.Conn) {

@@ -62,6 +62,16 @@ func wrongState(op string, j *job.Job, now time.Time) error {
 // the caller reads the job to say why.
 var errNoRow = errors.New("no row changed")
 
+// notifyCall is the call of pg_notify that tells the listeners a job is
+// due, its payload (the schema) parameter number n. Statements put it in
+// the RETURNING of the change that makes a job due, so that it runs once
+// for each row changed and never for a refused request; NOTIFY delivers
+// it when, and only if, the transaction commits, and the identical
+// notifications of one transaction once.
+func notifyCall(n int) string {
+	return fmt.Sprintf("pg_notify('%s', $%d)", notifyChannel, n)
+}
+
 // CreateJobs persists the source (once per digest) and the jobs in one
 // transaction. It fills in what the caller left zero: Created (now),
 // Updated, Digest (the source's), the default persistence and error
@@ -98,14 +108,17 @@ func (s *Store) CreateJobs(ctx context.Context, src *job.Source, jobs ...*job.Jo
 	const insJob = "INSERT INTO jobs (" + jobColumns + ") VALUES (" + jobPlaceholders + ")"
 	failed := -1 // the job whose insert failed, for mapErr
 	err = s.write(ctx, &request{
-		op:  "create jobs",
-		due: due,
+		op: "create jobs",
 		build: func(b *pgx.Batch, _ time.Time) {
 			if srcArgs != nil {
 				b.Queue(insSource, srcArgs...)
 			}
 			for _, a := range args {
 				b.Queue(insJob, a...)
+			}
+			if due {
+				// The inserts either all run or fail the transaction.
+				b.Queue("SELECT "+notifyCall(1), s.schema)
 			}
 		},
 		read: func(br pgx.BatchResults) error {
@@ -118,6 +131,11 @@ func (s *Store) CreateJobs(ctx context.Context, src *job.Source, jobs ...*job.Jo
 			for i := range args {
 				if _, err := br.Exec(); err != nil {
 					failed = i
+					return err
+				}
+			}
+			if due {
+				if _, err := br.Exec(); err != nil {
 					return err
 				}
 			}
@@ -384,6 +402,7 @@ const (
 	applySteps
 	applyRecords
 	applyConsume
+	applyNotify
 )
 
 // applyStatement is Apply's one statement for the parts in m: the job's
@@ -392,8 +411,9 @@ const (
 // holds the update back. One statement is one atomic step of the
 // transaction, and the job's row lock, taken first, orders the job's
 // records and steps by commit. Its parameters are id, owner, updated,
-// then the fields in the order of the mask bits, then the steps', records'
-// and consumed signals' arrays; applyArgs builds them in the same order.
+// then the fields in the order of the mask bits, then the notification's
+// payload, then the steps', records' and consumed signals' arrays;
+// applyArgs builds them in the same order.
 func applyStatement(m applyMask) string {
 	var b strings.Builder
 	n := 2
@@ -430,7 +450,12 @@ func applyStatement(m applyMask) string {
 			b.WriteString(", " + col + " = " + p())
 		}
 	}
-	b.WriteString(" WHERE id = $1 AND owner = $2 RETURNING id)")
+	b.WriteString(" WHERE id = $1 AND owner = $2 RETURNING id")
+	if m&applyNotify != 0 {
+		n++
+		b.WriteString(", " + notifyCall(n))
+	}
+	b.WriteString(")")
 	if m&applySteps != 0 {
 		fmt.Fprintf(&b, `, s AS (INSERT INTO steps (job_id, `+stepColumns+`)
 			SELECT j.id, x.key, x.activity, x.digest, x.status, x.result, x.error, x.data, x.attempts, x.host, x.position, x.started, x.ended, x.engine
@@ -468,7 +493,9 @@ func (s *Store) applyStatement(m applyMask) string {
 	return q
 }
 
-func applyArgs(u *job.Update, now time.Time) (applyMask, []any, error) {
+// applyArgs is the mask and the arguments of u's statement. notify is the
+// payload of the notification the update sends if it commits, "" for none.
+func applyArgs(u *job.Update, now time.Time, notify string) (applyMask, []any, error) {
 	var m applyMask
 	args := make([]any, 3, 32)
 	args[0], args[1], args[2] = u.JobID, u.Owner, now
@@ -517,6 +544,10 @@ func applyArgs(u *job.Update, now time.Time) (applyMask, []any, error) {
 		m |= applyDigest
 		args = append(args, u.Digest)
 	}
+	if notify != "" {
+		m |= applyNotify
+		args = append(args, notify)
+	}
 	if len(u.Steps) > 0 {
 		for i := range u.Steps {
 			if u.Steps[i].Key == "" {
@@ -555,16 +586,18 @@ func (s *Store) Apply(ctx context.Context, u *job.Update) error {
 		// An empty owner would match every job nobody holds.
 		return fmt.Errorf("apply to job %s: no owner given: %w", u.JobID, job.ErrLeaseLost)
 	}
-	mask, args, err := applyArgs(u, time.Now())
+	notify := ""
+	if u.State != nil && (*u.State == job.Queued || *u.State == job.Waiting && u.WakeAt != nil && !u.WakeAt.IsZero()) {
+		notify = s.schema
+	}
+	mask, args, err := applyArgs(u, time.Now(), notify)
 	if err != nil {
 		return err
 	}
-	due := u.State != nil && (*u.State == job.Queued || *u.State == job.Waiting && u.WakeAt != nil && !u.WakeAt.IsZero())
 	q := s.applyStatement(mask)
 	err = s.write(ctx, &request{
 		op:    "apply to job " + u.JobID,
 		job:   u.JobID,
-		due:   due,
 		build: func(b *pgx.Batch, _ time.Time) { b.Queue(q, args...) },
 		read: func(br pgx.BatchResults) error {
 			var n int
@@ -685,13 +718,18 @@ func (s *Store) SetState(ctx context.Context, id string, from []job.State, to jo
 		WHERE id = $1
 		AND NOT (owner <> '' AND coalesce(lease_until >= $4, false))
 		AND (CASE WHEN state = 'running' AND lease_until < $4 THEN 'interrupted' ELSE state END) = ANY($5::text[])
-		RETURNING ` + jobColumns
+		RETURNING `
+	q := setState + jobColumns
+	args := []any{id, string(to), ts(ended), now, froms}
+	if to == job.Queued {
+		q = "WITH u AS (" + setState + jobColumns + ", " + notifyCall(6) + ") SELECT " + jobColumns + " FROM u"
+		args = append(args, s.schema)
+	}
 	var out *job.Job
 	err := s.write(ctx, &request{
 		op:    fmt.Sprintf("set job %s %s", id, to),
 		job:   id,
-		due:   to == job.Queued,
-		build: func(b *pgx.Batch, _ time.Time) { b.Queue(setState, id, string(to), ts(ended), now, froms) },
+		build: func(b *pgx.Batch, _ time.Time) { b.Queue(q, args...) },
 		read: func(br pgx.BatchResults) error {
 			jobs, err := collectBatch(br, scanJob)
 			if err != nil {
@@ -792,7 +830,8 @@ func (s *Store) Signal(ctx context.Context, sig *job.Signal) (*job.Job, error) {
 			WHERE id = $1 AND state = 'waiting' AND $2 = ANY(wait_for)
 			RETURNING ` + jobColumns + `
 		), s AS (
-			INSERT INTO signals (job_id, name, payload, sender, time) SELECT id, $2, $3, $4, $5 FROM j RETURNING id
+			INSERT INTO signals (job_id, name, payload, sender, time) SELECT id, $2, $3, $4, $5 FROM j
+			RETURNING id, ` + "pg_notify('" + notifyChannel + `', $6)
 		)
 		SELECT s.id, j.* FROM j, s`
 	var (
@@ -803,9 +842,8 @@ func (s *Store) Signal(ctx context.Context, sig *job.Signal) (*job.Job, error) {
 	err := s.write(ctx, &request{
 		op:  fmt.Sprintf("signal %s to job %s", sig.Name, sig.JobID),
 		job: sig.JobID,
-		due: true,
 		build: func(b *pgx.Batch, _ time.Time) {
-			b.Queue(signal, sig.JobID, clean(sig.Name), payload, sender, sig.Time)
+			b.Queue(signal, sig.JobID, clean(sig.Name), payload, sender, sig.Time, s.schema)
 		},
 		read: func(br pgx.BatchResults) error {
 			var id int64
