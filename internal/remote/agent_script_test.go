@@ -13,6 +13,26 @@ import (
 // GNU's (BusyBox's and BSD's head read ahead through stdio): stdin must
 // still be read exactly, or the next request is garbled.
 func TestAgentScriptWithoutGNUHead(t *testing.T) {
+	// Targets' /bin/sh is dash or bash mostly: try each one here.
+	for _, sh := range []string{"/bin/sh", "bash", "busybox", "ksh", "mksh", "zsh"} {
+		path, err := exec.LookPath(sh)
+		if err != nil {
+			continue
+		}
+		args := []string{"-c"}
+		switch sh {
+		case "bash":
+			args = []string{"--posix", "-c"}
+		case "busybox":
+			args = []string{"sh", "-c"}
+		case "zsh":
+			args = []string{"--emulate", "sh", "-c"}
+		}
+		t.Run(sh, func(t *testing.T) { testAgentScript(t, path, args) })
+	}
+}
+
+func testAgentScript(t *testing.T, shell string, shArgs []string) {
 	bin := t.TempDir()
 	fake := "#!/bin/sh\ncase $1 in --version) echo 'BusyBox v1.36'; exit 0 ;; esac\necho 'head must not read the stdin' >&2\nexit 1\n"
 	if err := os.WriteFile(filepath.Join(bin, "head"), []byte(fake), 0o755); err != nil {
@@ -40,7 +60,7 @@ func TestAgentScriptWithoutGNUHead(t *testing.T) {
 		req.WriteString("\n" + c.nonce + "\n")
 		req.Write(c.stdin)
 	}
-	cmd := exec.Command("/bin/sh", "-c", agentScript, "drover", run)
+	cmd := exec.Command(shell, append(shArgs, agentScript, "drover", run)...)
 	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
 	cmd.Stdin = &req
 	var stdout, stderr bytes.Buffer
