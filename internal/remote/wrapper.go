@@ -133,6 +133,8 @@ bootid() { b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null; }
 alive() {
 	p=; read -r p < "$d/pid" 2>/dev/null; [ -n "$p" ] || return 1
 	ot= ob=; { read -r ot; read -r ob; } < "$d/token" 2>/dev/null
+	# A directory from an older drover keeps the boot id apart.
+	[ -z "$ob" ] && [ -s "$d/boot" ] && read -r ob < "$d/boot"
 	if [ -n "$ob" ]; then
 		bootid
 		[ "$ob" = "$b" ] || return 1
@@ -288,6 +290,7 @@ for p in "$j"/*/pid; do
 	[ -s "$p" ] || continue
 	s=${p%/pid}
 	ot= ob=; { read -r ot; read -r ob; } < "$s/token" 2>/dev/null
+	[ -z "$ob" ] && [ -s "$s/boot" ] && read -r ob < "$s/boot"
 	[ "$ob" = "$b" ] || continue
 	k=; read -r k < "$p"
 	kill -s KILL -- "-$k" 2>/dev/null
