@@ -116,11 +116,16 @@ type daemon struct {
 }
 
 // Start starts n hosts (n >= 1) and registers their teardown with
-// t.Cleanup. It skips the test when sshd is not installed.
+// t.Cleanup. It skips the test when sshd is not installed, unless
+// DROVER_REQUIRE_SSHD=1 (CI), when it fails.
 func Start(t testing.TB, n int) *Server {
 	t.Helper()
 	if _, err := os.Stat(SSHD); err != nil {
-		t.Skipf("sshtest: %s not found: install openssh-server", SSHD)
+		msg := fmt.Sprintf("sshtest: %s not found: install openssh-server", SSHD)
+		if os.Getenv("DROVER_REQUIRE_SSHD") == "1" {
+			t.Fatalf("%s (DROVER_REQUIRE_SSHD=1)", msg)
+		}
+		t.Skip(msg)
 	}
 	if n < 1 {
 		n = 1
