@@ -28,7 +28,7 @@ func stepUpdate(id, owner string, n int) *job.Update {
 }
 
 // BenchmarkApplySequential is one Apply of one step per iteration from a
-// single caller: every iteration is a transaction, two round trips and a
+// single caller: every iteration is a transaction, one round trip and a
 // WAL flush.
 func BenchmarkApplySequential(b *testing.B) {
 	s, _ := openFresh(b, Options{})
