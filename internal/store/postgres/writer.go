@@ -442,24 +442,27 @@ func (s *Store) resolve(t txn, cause error) (err error, retry bool) {
 // whose WAL was flushed, and gives them again after its restart. Such a
 // transaction did not commit, but txid_status would answer for the
 // transaction that has its id now. So once the server has restarted since
-// t began, only "aborted" is believed as it is: after a clean shutdown no
-// id is given twice (the shutdown checkpoint, the latest checkpoint still,
-// predates the start); after a crash, an id at or above the next id of
-// the checkpoint that ended recovery was never in the WAL, and did not
-// commit; below it, it may have, and nobody can tell once a later
-// checkpoint has moved the next id on.
+// t began, only "aborted" is believed as it is, unless the latest
+// checkpoint is the one the restart made: the shutdown checkpoint of a
+// clean stop or the checkpoint that ended crash recovery (both have their
+// redo point at themselves, where an online checkpoint under writes does
+// not). Its next id is above every id the old server may have given a
+// transaction that committed, and no id below it is given again: an id at
+// or above it did not commit, and txid_status is right about one below.
+// Once a later checkpoint has moved the next id on, nobody can tell.
 func (s *Store) txStatus(t txn) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var (
-		status        *string
-		start, ckptAt time.Time
-		ckptNext      int64
+		status   *string
+		start    time.Time
+		ckptOwn  bool // the latest checkpoint's redo point is itself
+		ckptNext int64
 	)
 	err := s.pool.QueryRow(ctx, `SELECT CASE WHEN $1 < txid_snapshot_xmax(txid_current_snapshot()) THEN txid_status($1) ELSE 'future' END,
-		pg_postmaster_start_time(), checkpoint_time,
+		pg_postmaster_start_time(), redo_lsn = checkpoint_lsn,
 		(split_part(next_xid, ':', 1)::bigint << 32) + split_part(next_xid, ':', 2)::bigint
-		FROM pg_control_checkpoint()`, t.xid).Scan(&status, &start, &ckptAt, &ckptNext)
+		FROM pg_control_checkpoint()`, t.xid).Scan(&status, &start, &ckptOwn, &ckptNext)
 	switch {
 	case err != nil || status == nil:
 		return "", err
@@ -467,12 +470,10 @@ func (s *Store) txStatus(t txn) (string, error) {
 		// Only a crash makes an id given out not yet given out.
 		return "aborted", nil
 	case *status == "aborted" || t.started.IsZero() || start.Equal(t.started):
-	case !ckptAt.After(start):
-		// Restarted after a clean shutdown.
+	case !ckptOwn:
+		return "reused", nil
 	case t.xid >= ckptNext:
 		return "aborted", nil
-	default:
-		return "reused", nil
 	}
 	if *status != "in progress" {
 		return *status, nil
