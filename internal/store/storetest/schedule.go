@@ -79,12 +79,16 @@ func testScheduleFireOnce(t *testing.T, e *env) {
 	// Several callers fire the same time at once: one commits.
 	const n = 8
 	errs := make([]error, n)
+	fires := make([]*job.Fire, n) // built here: env is not safe for concurrent use
+	for i := range n {
+		fires[i] = fire("j"+string(rune('a'+i)), t1)
+	}
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = e.st.FireSchedule(e.ctx, fire("j"+string(rune('a'+i)), t1))
+			errs[i] = e.st.FireSchedule(e.ctx, fires[i])
 		}()
 	}
 	wg.Wait()
