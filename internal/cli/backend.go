@@ -155,23 +155,8 @@ func (b *localBackend) remove(ctx context.Context, j *api.Job, force bool) error
 		if !force {
 			return fmt.Errorf("job %s is running; stop it first (drover stop %s) or use --force", j.ID, j.ID)
 		}
-		if _, err := b.eng.Request(ctx, j.ID, job.ActionStop, "removed"); err != nil {
+		if err := b.eng.StopAndWait(ctx, j.ID, "removed", 10*time.Second); err != nil {
 			return fmt.Errorf("job %s: %w", j.ID, err)
-		}
-		// The request lives in the job's row: removing the row at once
-		// would leave its holder running until its next commit. Give the
-		// holder a few polls to stop; a dead one is not waited for.
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			cur, err := b.eng.Store().Job(ctx, j.ID)
-			if err != nil || b.eng.EffectiveState(cur) != job.Running {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
 		}
 	}
 	if err := b.eng.Store().DeleteJob(ctx, j.ID); err != nil {

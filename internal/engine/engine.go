@@ -296,6 +296,31 @@ func (e *Engine) Request(ctx context.Context, id string, a job.Action, reason st
 	return e.store.Request(ctx, id, a, reason, e.now(), e.isHeld)
 }
 
+// StopAndWait asks a job to stop and waits, up to limit, until no live
+// engine runs it any more. Removing a running job needs this: the stop
+// request lives in the job's row, and removing the row at once would
+// leave its holder running the remaining steps until its next commit
+// finds the job gone. A holder that does not stop in time (a dead one is
+// not waited for) is not an error.
+func (e *Engine) StopAndWait(ctx context.Context, id, reason string, limit time.Duration) error {
+	if _, err := e.Request(ctx, id, job.ActionStop, reason); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		j, err := e.store.Job(ctx, id)
+		if err != nil || e.EffectiveState(j) != job.Running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // isHeld reports whether j is held by a live engine.
 func (e *Engine) isHeld(j *job.Job) bool {
 	if j.Owner == "" {

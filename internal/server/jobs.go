@@ -196,7 +196,7 @@ func (s *Server) removeJob(w http.ResponseWriter, r *http.Request, u user) *http
 		if !force {
 			return conflict("job %s is running; stop it first (drover stop %s) or use --force", id, id)
 		}
-		if _, err := s.eng.Request(ctx, id, job.ActionStop, "removed by "+u.name); err != nil {
+		if err := s.eng.StopAndWait(ctx, id, "removed by "+u.name, 10*time.Second); err != nil {
 			return fromErr(err)
 		}
 	}
