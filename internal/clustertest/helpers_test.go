@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/drover/drover/internal/proctest"
 )
 
 const defaultTestURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
@@ -45,30 +47,7 @@ func testURL() string {
 var droverBin string
 
 func TestMain(m *testing.M) {
-	os.Exit(buildAndRun(m))
-}
-
-func buildAndRun(m *testing.M) int {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "clustertest: go env GOMOD:", err)
-		return 1
-	}
-	gomod := strings.TrimSpace(string(out))
-	tmp, err := os.MkdirTemp("", "drover-clustertest-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "clustertest:", err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	droverBin = filepath.Join(tmp, "drover")
-	build := exec.Command("go", "build", "-o", droverBin, "./cmd/drover")
-	build.Dir = filepath.Dir(gomod)
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "clustertest: building drover: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
+	os.Exit(proctest.Main(m, &droverBin))
 }
 
 // adminConn connects to the test server's maintenance database, skipping

@@ -40,7 +40,7 @@ def main():
 `)
 	p := e.start("run", "--persist", "always", wf)
 	e.eventually(10*time.Second, "s4 to start", func() bool { return e.exists("s4.started") })
-	if !p.kill() {
+	if !p.Kill() {
 		t.Fatalf("drover ended before the kill: %s", p)
 	}
 	orphans := e.killOrphans()
@@ -87,7 +87,7 @@ def main():
 `)
 	p := e.start("run", wf) // checkpoints is the default
 	e.eventually(10*time.Second, "s6 to start", func() bool { return e.exists("s6.started") })
-	p.kill()
+	p.Kill()
 	e.killOrphans()
 	before := e.snapshot()
 	j := before.onlyJob(t)
@@ -130,9 +130,9 @@ def main():
 	for round := 0; round < 4; round++ {
 		target := len(e.ranLines()) + 20
 		e.eventually(20*time.Second, fmt.Sprintf("%d lines in ran.txt", target), func() bool {
-			return len(e.ranLines()) >= target || p.exited()
+			return len(e.ranLines()) >= target || p.Exited()
 		})
-		if !p.kill() {
+		if !p.Kill() {
 			break // it finished first
 		}
 		kills++
@@ -147,7 +147,7 @@ def main():
 		e.checkNotAgain(frozen)
 		p = e.start("resume", "--all")
 	}
-	if code := p.wait(t, 60*time.Second); code != 0 {
+	if code := p.Wait(t, 60*time.Second); code != 0 {
 		t.Fatalf("the last resume: %s", p)
 	}
 	s := e.snapshot()
@@ -205,7 +205,7 @@ def main():
 `)
 	p := e.start("run", "--persist", "always", wf)
 	e.eventually(20*time.Second, "five branches to run", func() bool { return len(e.ranLines()) >= 5 })
-	p.kill()
+	p.Kill()
 	e.killOrphans()
 	before := e.snapshot()
 	j := before.onlyJob(t)
@@ -275,7 +275,7 @@ def main():
 		})
 		return !wake.IsZero()
 	})
-	if !p.kill() {
+	if !p.Kill() {
 		t.Fatalf("drover run ended during the sleep: %s", p)
 	}
 	before := e.snapshot()
@@ -297,7 +297,7 @@ def main():
 	time.Sleep(500 * time.Millisecond)
 	r := e.start("resume", "--all")
 	time.Sleep(time.Second)
-	if !r.kill() {
+	if !r.Kill() {
 		t.Fatalf("resume ended before the wake time: %s", r)
 	}
 	if e.exists("woke.txt") {
@@ -348,9 +348,9 @@ def main():
 		})
 		return id != ""
 	})
-	if p.kill() {
+	if p.Kill() {
 		t.Logf("killed drover run while the job waited")
-	} else if p.code != 3 {
+	} else if p.Code != 3 {
 		t.Errorf("drover run of a waiting job: want exit 3, got %s", p)
 	}
 	before := e.snapshot()
@@ -361,15 +361,15 @@ def main():
 
 	// Nothing to do without the signal.
 	r := e.mustDrover(3, 20*time.Second, "resume", "--all")
-	if !strings.Contains(r.stderr.String(), "drover signal "+id+" go-live") {
-		t.Errorf("resume of a job waiting for a signal does not say how to send it:\n%s", r.stderr.String())
+	if !strings.Contains(r.Stderr.String(), "drover signal "+id+" go-live") {
+		t.Errorf("resume of a job waiting for a signal does not say how to send it:\n%s", r.Stderr.String())
 	}
 	e.mustDrover(0, 20*time.Second, "signal", id, "go-live", `{"approved": true}`)
 
 	// The resume that takes the signal is killed in the next step.
 	r2 := e.start("resume", "--all")
 	e.eventually(10*time.Second, "s2 to start", func() bool { return e.exists("s2.started") })
-	r2.kill()
+	r2.Kill()
 	e.killOrphans()
 	frozen := e.freeze(e.snapshot().committed(t), nil)
 	e.touch("resumed")
@@ -433,7 +433,7 @@ def main(id=0):
 	for reached(1) < jobs {
 		exited := 0
 		for _, p := range procs {
-			if p.exited() {
+			if p.Exited() {
 				exited++
 				if exited == 1 {
 					t.Errorf("a drover run ended before its job reached s1: %s", p)
@@ -449,7 +449,7 @@ def main(id=0):
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, p := range procs {
-		if !p.kill() {
+		if !p.Kill() {
 			t.Errorf("drover run ended before the kill: %s", p)
 		}
 	}
@@ -468,8 +468,8 @@ def main(id=0):
 	// One resume of all fifty, killed when half of them are at s3.
 	e.touch("go1")
 	r := e.start("resume", "--all")
-	e.eventually(40*time.Second, "half the jobs to reach s3", func() bool { return reached(3) >= jobs/2 || r.exited() })
-	if !r.kill() {
+	e.eventually(40*time.Second, "half the jobs to reach s3", func() bool { return reached(3) >= jobs/2 || r.Exited() })
+	if !r.Kill() {
 		t.Fatalf("resume --all ended before the kill: %s", r)
 	}
 	e.killOrphans()
@@ -529,7 +529,7 @@ def main():
 `)
 	p := e.start("run", "--persist", "never", wf)
 	e.eventually(10*time.Second, "s3 to start", func() bool { return e.exists("s3.started") })
-	p.kill()
+	p.Kill()
 	e.killOrphans()
 	before := e.snapshot()
 	j := before.onlyJob(t)
@@ -567,7 +567,7 @@ def main(id=0):
 	}
 	for i, p := range procs {
 		time.Sleep(time.Duration(i) * 4 * time.Millisecond) // the chosen moments
-		p.kill()
+		p.Kill()
 	}
 	e.killOrphans()
 	before := e.snapshot()
@@ -617,13 +617,13 @@ def main():
 			})
 			// While its engine is alive and renewing, the job is not taken.
 			r := e.mustDrover(1, 20*time.Second, "resume", id)
-			if !strings.Contains(r.stderr.String(), "running in another drover process") {
-				t.Errorf("resume of a job another process runs:\n%s", r.stderr.String())
+			if !strings.Contains(r.Stderr.String(), "running in another drover process") {
+				t.Errorf("resume of a job another process runs:\n%s", r.Stderr.String())
 			}
-			if err := p.cmd.Process.Signal(syscallSIGSTOP); err != nil {
+			if err := p.Cmd.Process.Signal(syscallSIGSTOP); err != nil {
 				t.Fatal(err)
 			}
-			defer p.cmd.Process.Signal(syscallSIGCONT)
+			defer p.Cmd.Process.Signal(syscallSIGCONT)
 			// After the 2s lease the job reads interrupted and is resumed
 			// by another process; its s2 runs again there.
 			e.eventually(10*time.Second, "the lease to expire", func() bool {
@@ -635,17 +635,17 @@ def main():
 			done := e.snapshot()
 			frozen := e.freeze(done.committed(t), nil)
 			// Thaw the old engine: its s2 ends; it must stop there.
-			if err := p.cmd.Process.Signal(syscallSIGCONT); err != nil {
+			if err := p.Cmd.Process.Signal(syscallSIGCONT); err != nil {
 				t.Fatal(err)
 			}
-			code := p.wait(t, 20*time.Second)
+			code := p.Wait(t, 20*time.Second)
 			e.checkNotAgain(frozen)
 			after := e.snapshot()
 			j := after.onlyJob(t)
 			if j.State != job.Completed || j.Owner != "" {
 				t.Errorf("after the old engine came back the job is %s owned by %q", j.State, j.Owner)
 			}
-			t.Logf("the thawed drover run exited %d\n%s", code, p.stderr.String())
+			t.Logf("the thawed drover run exited %d\n%s", code, p.Stderr.String())
 		})
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/drover/drover/internal/job"
+	"github.com/drover/drover/internal/proctest"
 	"github.com/drover/drover/internal/store/sqlite"
 )
 
@@ -26,34 +26,7 @@ import (
 var droverBin string
 
 func TestMain(m *testing.M) {
-	os.Exit(buildAndRun(m))
-}
-
-func buildAndRun(m *testing.M) int {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "crashtest: go env GOMOD:", err)
-		return 1
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		fmt.Fprintln(os.Stderr, "crashtest: not inside the drover module")
-		return 1
-	}
-	tmp, err := os.MkdirTemp("", "drover-crashtest-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "crashtest:", err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	droverBin = filepath.Join(tmp, "drover")
-	build := exec.Command("go", "build", "-o", droverBin, "./cmd/drover")
-	build.Dir = filepath.Dir(gomod)
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "crashtest: building drover: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
+	os.Exit(proctest.Main(m, &droverBin))
 }
 
 // env is one store and one side-effect directory. Workflows write a line
@@ -80,7 +53,7 @@ func newEnv(t *testing.T) *env {
 		procs := e.procs
 		e.mu.Unlock()
 		for _, p := range procs {
-			p.kill()
+			p.Kill()
 		}
 		e.killOrphans()
 		cancel()
@@ -113,15 +86,7 @@ func (e *env) workflow(name, text string) string {
 }
 
 // proc is a drover child process.
-type proc struct {
-	args   []string
-	cmd    *exec.Cmd
-	stdout bytes.Buffer
-	stderr bytes.Buffer
-	done   chan struct{}
-	code   int
-	once   sync.Once
-}
+type proc = proctest.Proc
 
 func (e *env) command(args ...string) *exec.Cmd {
 	cmd := exec.Command(droverBin, args...)
@@ -139,82 +104,18 @@ func (e *env) command(args ...string) *exec.Cmd {
 // start starts drover in the background.
 func (e *env) start(args ...string) *proc {
 	e.t.Helper()
-	p := &proc{args: args, done: make(chan struct{})}
-	p.cmd = e.command(args...)
-	p.cmd.Stdout = &p.stdout
-	p.cmd.Stderr = &p.stderr
-	if err := p.cmd.Start(); err != nil {
-		e.t.Fatalf("starting drover %v: %v", args, err)
-	}
-	go func() {
-		err := p.cmd.Wait()
-		p.code = exitCode(err)
-		close(p.done)
-	}()
+	p := proctest.Start(e.t, e.command(args...), args)
 	e.mu.Lock()
 	e.procs = append(e.procs, p)
 	e.mu.Unlock()
 	return p
 }
 
-func exitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ee.ExitCode()
-	}
-	return -1
-}
-
-// kill sends SIGKILL and waits for the process to be gone. It reports
-// whether the process was still running.
-func (p *proc) kill() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-	return true
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// wait waits for the process to end by itself.
-func (p *proc) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.code
-	case <-time.After(timeout):
-		p.kill()
-		t.Fatalf("drover %v did not end within %s\nstdout:\n%s\nstderr:\n%s", p.args, timeout, p.stdout.String(), p.stderr.String())
-		return -1
-	}
-}
-
-func (p *proc) String() string {
-	return fmt.Sprintf("drover %s (exit %d)\nstdout:\n%s\nstderr:\n%s", strings.Join(p.args, " "), p.code, p.stdout.String(), p.stderr.String())
-}
-
 // drover runs drover to its end and returns its exit code.
 func (e *env) drover(timeout time.Duration, args ...string) (*proc, int) {
 	e.t.Helper()
 	p := e.start(args...)
-	return p, p.wait(e.t, timeout)
+	return p, p.Wait(e.t, timeout)
 }
 
 // mustDrover runs drover and fails the test unless it exits with want.
@@ -488,8 +389,8 @@ func (e *env) jobsJSON() []map[string]any {
 		e.t.Fatalf("drover jobs: %s", p)
 	}
 	var out []map[string]any
-	if err := json.Unmarshal(p.stdout.Bytes(), &out); err != nil {
-		e.t.Fatalf("drover jobs --json: %v\n%s", err, p.stdout.String())
+	if err := json.Unmarshal(p.Stdout.Bytes(), &out); err != nil {
+		e.t.Fatalf("drover jobs --json: %v\n%s", err, p.Stdout.String())
 	}
 	return out
 }

@@ -52,7 +52,7 @@ func TestFirstOpenWaitsForWriter(t *testing.T) {
 	took := time.Since(start)
 	<-released
 	if code != 0 {
-		msg := p.stderr.String()
+		msg := p.Stderr.String()
 		t.Errorf("drover's first open of a store another connection was writing for 300ms failed after %s (busy timeout 5s):\n%s", took.Round(time.Millisecond), msg)
 		if strings.Contains(msg, "more than 5s") && took < 5*time.Second {
 			t.Errorf("and the error says the lock was held for more than 5s")

@@ -58,7 +58,7 @@ func TestCopy(t *testing.T) {
 
 	p := f.start("run", wf, "--inventory", inv)
 	f.eventually(30*time.Second, "both uploads", func() bool { return f.remoteExists("a.copied") && f.remoteExists("b.copied") })
-	if !p.kill() {
+	if !p.Kill() {
 		t.Fatalf("drover ended before the kill: %s", p)
 	}
 	inodes := map[string]uint64{}

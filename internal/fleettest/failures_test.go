@@ -60,7 +60,7 @@ func TestHostKeys(t *testing.T) {
 		t.Errorf("known_hosts changed without --accept-new-host-keys:\n%s", after)
 	}
 	// The text summary lists the failed hosts with their errors.
-	text := f.must(0, 30*time.Second, "show", parent.ID).stdout.String()
+	text := f.must(0, 30*time.Second, "show", parent.ID).Stdout.String()
 	for _, w := range []string{"Children: 3 (1 completed, 2 failed)", "Failed hosts:", "unknown (" + parent.ID + ".", "changed (" + parent.ID + ".", "host key unknown", "host key changed"} {
 		if !strings.Contains(text, w) {
 			t.Errorf("drover show %s lacks %q:\n%s", parent.ID, w, text)
@@ -164,7 +164,7 @@ func TestFailuresStayLocal(t *testing.T) {
 	p := f.start("run", wf, "--inventory", hosts)
 	f.eventually(30*time.Second, "the dropped host's command to start", func() bool { return f.remoteExists("drop-started") })
 	s2.Stop(dropped)
-	if code := p.wait(t, 60*time.Second); code != 1 {
+	if code := p.Wait(t, 60*time.Second); code != 1 {
 		t.Fatalf("want exit 1: %s", p)
 	}
 
@@ -198,7 +198,7 @@ func TestFailuresStayLocal(t *testing.T) {
 	}
 	// The timed-out command's process group is gone from the target.
 	f.eventually(10*time.Second, "the timed-out command to be killed", func() bool { return len(f.remoteProcs("sleep "+sleep)) == 0 })
-	t.Logf("errors as drover show prints them:\n%s", f.must(0, 30*time.Second, "show", parent.ID).stdout.String())
+	t.Logf("errors as drover show prints them:\n%s", f.must(0, 30*time.Second, "show", parent.ID).Stdout.String())
 }
 
 func appendFile(t *testing.T, path, text string) {

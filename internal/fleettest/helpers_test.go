@@ -2,10 +2,8 @@ package fleettest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,11 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/drover/drover/internal/job"
+	"github.com/drover/drover/internal/proctest"
 	"github.com/drover/drover/internal/remote/sshtest"
 	"github.com/drover/drover/internal/store/sqlite"
 )
@@ -28,34 +26,7 @@ import (
 var droverBin string
 
 func TestMain(m *testing.M) {
-	os.Exit(buildAndRun(m))
-}
-
-func buildAndRun(m *testing.M) int {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fleettest: go env GOMOD:", err)
-		return 1
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		fmt.Fprintln(os.Stderr, "fleettest: not inside the drover module")
-		return 1
-	}
-	tmp, err := os.MkdirTemp("", "drover-fleettest-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fleettest:", err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	droverBin = filepath.Join(tmp, "drover")
-	build := exec.Command("go", "build", "-o", droverBin, "./cmd/drover")
-	build.Dir = filepath.Dir(gomod)
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "fleettest: building drover: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
+	os.Exit(proctest.Main(m, &droverBin))
 }
 
 // fleet is a set of real sshd hosts and a controller: a private HOME
@@ -101,7 +72,7 @@ func newFleet(t *testing.T, n int) *fleet {
 		procs := f.procs
 		f.mu.Unlock()
 		for _, p := range procs {
-			p.kill()
+			p.Kill()
 		}
 		f.removeStepDirs()
 		cancel()
@@ -171,14 +142,7 @@ func (f *fleet) write(name, text string) string {
 }
 
 // proc is a drover process.
-type proc struct {
-	args   []string
-	cmd    *exec.Cmd
-	stdout bytes.Buffer
-	stderr bytes.Buffer
-	done   chan struct{}
-	code   int
-}
+type proc = proctest.Proc
 
 func (f *fleet) command(args ...string) *exec.Cmd {
 	cmd := exec.Command(droverBin, args...)
@@ -205,81 +169,18 @@ func (f *fleet) command(args ...string) *exec.Cmd {
 // start starts drover in the background.
 func (f *fleet) start(args ...string) *proc {
 	f.t.Helper()
-	p := &proc{args: args, done: make(chan struct{})}
-	p.cmd = f.command(args...)
-	p.cmd.Stdout = &p.stdout
-	p.cmd.Stderr = &p.stderr
-	if err := p.cmd.Start(); err != nil {
-		f.t.Fatalf("starting drover %v: %v", args, err)
-	}
-	go func() {
-		err := p.cmd.Wait()
-		p.code = exitCode(err)
-		close(p.done)
-	}()
+	p := proctest.Start(f.t, f.command(args...), args)
 	f.mu.Lock()
 	f.procs = append(f.procs, p)
 	f.mu.Unlock()
 	return p
 }
 
-func exitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ee.ExitCode()
-	}
-	return -1
-}
-
-// kill sends SIGKILL and waits for the process to be gone; it reports
-// whether it was still running.
-func (p *proc) kill() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-	return true
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.code
-	case <-time.After(timeout):
-		p.kill()
-		t.Fatalf("drover %v did not end within %s\nstdout:\n%s\nstderr:\n%s", p.args, timeout, p.stdout.String(), p.stderr.String())
-		return -1
-	}
-}
-
-func (p *proc) String() string {
-	return fmt.Sprintf("drover %s (exit %d)\nstdout:\n%s\nstderr:\n%s", strings.Join(p.args, " "), p.code, p.stdout.String(), p.stderr.String())
-}
-
 // drover runs drover to its end.
 func (f *fleet) drover(timeout time.Duration, args ...string) (*proc, int) {
 	f.t.Helper()
 	p := f.start(args...)
-	return p, p.wait(f.t, timeout)
+	return p, p.Wait(f.t, timeout)
 }
 
 // must runs drover and fails the test unless it exits with want.
@@ -308,8 +209,8 @@ func (f *fleet) show(id string) *showView {
 	f.t.Helper()
 	p := f.must(0, 30*time.Second, "show", id, "--json")
 	var v showView
-	if err := json.Unmarshal(p.stdout.Bytes(), &v); err != nil {
-		f.t.Fatalf("drover show --json: %v\n%s", err, p.stdout.String())
+	if err := json.Unmarshal(p.Stdout.Bytes(), &v); err != nil {
+		f.t.Fatalf("drover show --json: %v\n%s", err, p.Stdout.String())
 	}
 	return &v
 }
@@ -334,8 +235,8 @@ func (f *fleet) jobs(all bool) []job.Job {
 	}
 	p := f.must(0, 30*time.Second, args...)
 	var list []job.Job
-	if err := json.Unmarshal(p.stdout.Bytes(), &list); err != nil {
-		f.t.Fatalf("drover jobs --json: %v\n%s", err, p.stdout.String())
+	if err := json.Unmarshal(p.Stdout.Bytes(), &list); err != nil {
+		f.t.Fatalf("drover jobs --json: %v\n%s", err, p.Stdout.String())
 	}
 	return list
 }
@@ -385,7 +286,7 @@ func (f *fleet) withStore(fn func(st *sqlite.Store)) {
 func (f *fleet) output(id string) []string {
 	f.t.Helper()
 	p := f.must(0, 30*time.Second, "output", id)
-	return lines(p.stdout.String())
+	return lines(p.Stdout.String())
 }
 
 func lines(s string) []string {

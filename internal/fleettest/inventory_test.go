@@ -61,8 +61,8 @@ func TestInventoryLimitThrottle(t *testing.T) {
 	start := time.Now()
 	p := f.must(0, 60*time.Second, "run", patch, "--inventory", hosts, "--limit", "web", "--throttle", "2", "-p", "release=r7")
 	wall := time.Since(start)
-	if !strings.Contains(p.stderr.String(), "hosts") {
-		t.Errorf("no progress over hosts on stderr:\n%s", p.stderr.String())
+	if !strings.Contains(p.Stderr.String(), "hosts") {
+		t.Errorf("no progress over hosts on stderr:\n%s", p.Stderr.String())
 	}
 
 	parent := f.parent()
@@ -119,7 +119,7 @@ func TestInventoryLimitThrottle(t *testing.T) {
 	// drover show CHILD is a normal job: its steps name their hosts.
 	web2 := children["web2"]
 	cp := f.must(0, 30*time.Second, "show", web2.ID)
-	text := cp.stdout.String()
+	text := cp.Stdout.String()
 	for _, want := range []string{"Target:", "web2", "Parent:", parent.ID, "completed", "db1", "local", "patch.star:"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("drover show %s lacks %q:\n%s", web2.ID, want, text)
@@ -134,7 +134,7 @@ func TestInventoryLimitThrottle(t *testing.T) {
 		t.Errorf("steps of %s: %+v", web2.ID, cv.Steps)
 	}
 	// The parent's text summary counts its children.
-	pt := f.must(0, 30*time.Second, "show", parent.ID).stdout.String()
+	pt := f.must(0, 30*time.Second, "show", parent.ID).Stdout.String()
 	if !strings.Contains(pt, "Children: 6 (6 completed)") {
 		t.Errorf("drover show %s:\n%s", parent.ID, pt)
 	}

@@ -111,7 +111,7 @@ func TestMaxFailAndResume(t *testing.T) {
 	}
 
 	// Unknown host for --hosts: a usage error, nothing runs.
-	if r, code := f.drover(30*time.Second, "resume", parent.ID, "--hosts", "nosuch"); code != 2 || !strings.Contains(r.stderr.String(), "nosuch") {
+	if r, code := f.drover(30*time.Second, "resume", parent.ID, "--hosts", "nosuch"); code != 2 || !strings.Contains(r.Stderr.String(), "nosuch") {
 		t.Errorf("resume --hosts nosuch: %s", r)
 	}
 
@@ -302,7 +302,7 @@ def main():
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code := run.wait(t, 60*time.Second); code != 1 {
+	if code := run.Wait(t, 60*time.Second); code != 1 {
 		t.Fatalf("want the run to fail: %s", run)
 	}
 	parent := f.parent()

@@ -48,7 +48,7 @@ func TestKillDuring200HostRun(t *testing.T) {
 	start := time.Now()
 	p := f.start("run", wf, "--inventory", inv, "--throttle", "50")
 	f.eventually(60*time.Second, "a third of the hosts to finish", func() bool { _, fin := counts(); return fin >= n/3 })
-	if !p.kill() {
+	if !p.Kill() {
 		t.Fatalf("drover ended before the kill: %s", p)
 	}
 	startedAtKill, finishedAtKill := counts()

@@ -37,7 +37,7 @@ func TestKillControllerMidCommand(t *testing.T) {
 	f.eventually(20*time.Second, "the commands to start and fast to finish", func() bool {
 		return f.remoteExists("mid.start") && f.remoteExists("long.start") && f.remoteExists("fast.marker")
 	})
-	if !p.kill() {
+	if !p.Kill() {
 		t.Fatalf("drover ended before the kill: %s", p)
 	}
 	killed := time.Now()
@@ -89,7 +89,7 @@ func TestDroppedConnectionReattaches(t *testing.T) {
 	if n := f.s.DropConnections(f.host(0)); n == 0 {
 		t.Fatal("no connection to drop")
 	}
-	if code := p.wait(t, 60*time.Second); code != 0 {
+	if code := p.Wait(t, 60*time.Second); code != 0 {
 		t.Fatalf("a dropped connection failed the run: %s", p)
 	}
 	for _, h := range []string{"a", "b"} {
@@ -123,7 +123,7 @@ func TestStopLeavesNothingRunning(t *testing.T) {
 	f.eventually(20*time.Second, "two commands to run on their hosts", func() bool { return len(f.remoteProcs("sleep "+long)) == 2 })
 	parent := f.parent()
 	s := f.must(0, 60*time.Second, "stop", parent.ID)
-	if code := p.wait(t, 30*time.Second); code != 1 {
+	if code := p.Wait(t, 30*time.Second); code != 1 {
 		t.Errorf("drover run of a stopped job: want exit 1: %s", p)
 	}
 	f.eventually(10*time.Second, "the stopped commands to leave the hosts' process table", func() bool { return len(f.remoteProcs("sleep "+long)) == 0 })

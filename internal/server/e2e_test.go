@@ -26,42 +26,19 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drover/drover/internal/proctest"
 )
 
-var build struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// droverBin builds the drover binary once for the tests of this package.
-func droverBin(t testing.TB) string {
-	t.Helper()
-	build.once.Do(func() {
-		dir, err := os.MkdirTemp("", "drover-e2e-")
-		if err != nil {
-			build.err = err
-			return
-		}
-		build.path = filepath.Join(dir, "drover")
-		out, err := exec.Command("go", "build", "-o", build.path, "github.com/drover/drover/cmd/drover").CombinedOutput()
-		if err != nil {
-			build.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if build.err != nil {
-		t.Fatal(build.err)
-	}
-	return build.path
-}
+// droverPath is the drover binary TestMain builds for the end-to-end
+// tests.
+var droverPath string
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if build.path != "" {
-		os.RemoveAll(filepath.Dir(build.path))
-	}
-	os.Exit(code)
+	os.Exit(proctest.Main(m, &droverPath))
 }
+
+func droverBin(testing.TB) string { return droverPath }
 
 // world is a store, its tokens and, once started, a server on it.
 type world struct {
