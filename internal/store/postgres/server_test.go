@@ -9,10 +9,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover/drover/internal/auth"
 	"github.com/drover/drover/internal/job"
 	"github.com/drover/drover/internal/server"
+	"github.com/drover/drover/internal/store/storetest"
 )
+
+func TestServerContract(t *testing.T) {
+	adminConn(t).Close(context.Background()) // skip once, not in every subtest
+	storetest.RunServer(t, func(t *testing.T) storetest.ServerStore {
+		return openURL(t, freshDB(t), Options{})
+	})
+}
 
 // The store is what a drover server on PostgreSQL needs.
 var (
@@ -23,96 +30,6 @@ var (
 		ClaimDue(ctx context.Context, owner string, until, now time.Time, limit int, topLevel bool) ([]*job.Job, error)
 	} = (*Store)(nil)
 )
-
-func TestTokens(t *testing.T) {
-	ctx := context.Background()
-	s, _ := openFresh(t, Options{})
-	secret, hash, err := auth.NewSecret()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := &auth.Token{Name: "alice", Role: auth.Operator, Hash: hash}
-	if err := s.CreateToken(ctx, tok); err != nil {
-		t.Fatalf("CreateToken: %v", err)
-	}
-	if err := s.CreateToken(ctx, &auth.Token{Name: "alice", Role: auth.Admin, Hash: "other"}); !errors.Is(err, auth.ErrExists) {
-		t.Errorf("a second alice: %v, want ErrExists", err)
-	}
-	got, err := s.TokenByHash(ctx, auth.Hash(secret))
-	if err != nil || got.Name != "alice" || got.Role != auth.Operator || got.Created.IsZero() || !got.LastUsed.IsZero() {
-		t.Fatalf("TokenByHash = %+v, %v", got, err)
-	}
-	if _, err := s.TokenByHash(ctx, auth.Hash("nope")); !errors.Is(err, job.ErrNotFound) {
-		t.Errorf("unknown token: %v", err)
-	}
-	at := time.Now().Add(-time.Hour)
-	if err := s.TouchToken(ctx, "alice", at); err != nil {
-		t.Fatal(err)
-	}
-	list, err := s.Tokens(ctx)
-	if err != nil || len(list) != 1 || list[0].LastUsed.Sub(at).Abs() >= time.Millisecond {
-		t.Fatalf("Tokens = %+v, %v", list, err)
-	}
-	if err := s.DeleteToken(ctx, "alice"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteToken(ctx, "alice"); !errors.Is(err, job.ErrNotFound) {
-		t.Errorf("second delete: %v", err)
-	}
-	if _, err := s.TokenByHash(ctx, auth.Hash(secret)); !errors.Is(err, job.ErrNotFound) {
-		t.Errorf("a deleted token still works: %v", err)
-	}
-}
-
-func TestServerQueries(t *testing.T) {
-	ctx := context.Background()
-	s, _ := openFresh(t, Options{})
-	src := testSource()
-	base := time.Now().Add(-time.Minute)
-	mk := func(id, parent string, st job.State, at time.Duration) *job.Job {
-		return &job.Job{ID: id, ParentID: parent, State: st, Digest: src.Digest, CreatedBy: "bob", Created: base.Add(at)}
-	}
-	jobs := []*job.Job{
-		mk("a", "", job.Queued, 3*time.Second),
-		mk("p", "", job.Suspended, 1*time.Second),
-		mk("p.1", "p", job.Queued, 1*time.Second),
-		mk("p.2", "p", job.Queued, 2*time.Second),
-		mk("b", "", job.Queued, 2*time.Second),
-	}
-	w := mk("w", "", job.Waiting, 0)
-	w.WakeAt = base
-	cw := mk("p.3", "p", job.Waiting, 0)
-	cw.WakeAt = base
-	jobs = append(jobs, w, cw)
-	if err := s.CreateJobs(ctx, src, jobs...); err != nil {
-		t.Fatal(err)
-	}
-	due, err := s.DueTopLevel(ctx, time.Now(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := strings.Join(due, " "), "w b a"; got != want {
-		t.Errorf("DueTopLevel = %s, want %s", got, want)
-	}
-	due, _ = s.DueTopLevel(ctx, time.Now(), 2)
-	if got, want := strings.Join(due, " "), "w b"; got != want {
-		t.Errorf("DueTopLevel limit 2 = %s, want %s", got, want)
-	}
-	all, err := s.CountJobs(ctx, time.Now(), false)
-	if err != nil || all[job.Queued] != 4 || all[job.Waiting] != 2 || all[job.Suspended] != 1 {
-		t.Errorf("CountJobs = %v, %v", all, err)
-	}
-	top, _ := s.CountJobs(ctx, time.Now(), true)
-	if top[job.Queued] != 2 || top[job.Waiting] != 1 {
-		t.Errorf("CountJobs top-level = %v", top)
-	}
-	if _, err := s.Claim(ctx, "a", "E", time.Now().Add(-time.Second), "", []job.State{job.Queued}); err != nil {
-		t.Fatal(err)
-	}
-	if top, _ := s.CountJobs(ctx, time.Now(), true); top[job.Interrupted] != 1 || top[job.Queued] != 1 {
-		t.Errorf("CountJobs with an expired lease = %v", top)
-	}
-}
 
 func TestClaimDue(t *testing.T) {
 	ctx := context.Background()
