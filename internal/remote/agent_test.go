@@ -95,31 +95,9 @@ func TestAgentKilledMidRequest(t *testing.T) {
 	s := sshtest.Start(t, 1)
 	m := newManager(t, s, nil)
 	h := engineHost(s, s.Hosts[0])
-	marker := filepath.Join(s.UserDir, "agent-marker")
-	done := make(chan struct{})
-	var res *engine.CommandResult
-	var err error
-	go func() {
-		defer close(done)
-		res, err = m.Exec(context.Background(), &engine.Command{JobID: "akill", StepKey: "1", Host: h,
-			Cmd: fmt.Sprintf("echo before; touch %s.started; sleep 3; echo done >> %s; echo after", marker, marker)})
-	}()
-	eventually(t, 5*time.Second, "the command to start", func() bool { return fileExists(marker + ".started") })
 	// The agent's session ends once the poll's sleep, which holds its
 	// output, ends too: well before the command.
-	if killAgents(filepath.Join(s.UserDir, "run")) == 0 {
-		t.Fatal("no agent to kill")
-	}
-	<-done
-	if err != nil {
-		t.Fatalf("Exec across a killed agent: %v", err)
-	}
-	if res.Stdout != "before\nafter\n" || res.Code != 0 {
-		t.Errorf("stdout %q code %d", res.Stdout, res.Code)
-	}
-	if got := readLines(t, marker); len(got) != 1 {
-		t.Errorf("marker has %d lines, want 1: the command ran again", len(got))
-	}
+	runAcross(t, s, m, "akill", "3", "a killed agent", func() bool { return killAgents(filepath.Join(s.UserDir, "run")) > 0 })
 	mt := m.Metrics()
 	if mt.Reattached != 1 || mt.AgentsStarted != 2 || mt.Handshakes != 1 {
 		t.Errorf("metrics %+v, want 1 re-attach by a second agent on the same connection", mt)

@@ -292,33 +292,40 @@ func TestReattachAfterConnectionDrop(t *testing.T) {
 	t.Parallel()
 	s := sshtest.Start(t, 1)
 	m := newManager(t, s, nil)
-	h := engineHost(s, s.Hosts[0])
-	marker := filepath.Join(s.UserDir, "marker")
+	runAcross(t, s, m, "drop", "1", "a dropped connection", func() bool { return s.DropConnections(s.Hosts[0]) > 0 })
+	if mt := m.Metrics(); mt.Handshakes != 2 || mt.Reattached != 1 {
+		t.Errorf("metrics %+v, want 2 handshakes and 1 re-attach", mt)
+	}
+}
 
+// runAcross runs a marked command of job on s's first host, calls
+// disrupt (which reports whether it found something to disrupt) once the
+// command started, and checks that the call still returned the
+// command's whole output and that the command ran once.
+func runAcross(t *testing.T, s *sshtest.Server, m *remote.Manager, job, sleep, what string, disrupt func() bool) {
+	t.Helper()
+	marker := filepath.Join(s.UserDir, job+"-marker")
 	done := make(chan struct{})
 	var res *engine.CommandResult
 	var err error
 	go func() {
 		defer close(done)
-		res, err = m.Exec(context.Background(), &engine.Command{JobID: "drop", StepKey: "1", Host: h,
-			Cmd: fmt.Sprintf("echo before; touch %s.started; sleep 1; echo done >> %s; echo after", marker, marker)})
+		res, err = m.Exec(context.Background(), &engine.Command{JobID: job, StepKey: "1", Host: engineHost(s, s.Hosts[0]),
+			Cmd: fmt.Sprintf("echo before; touch %s.started; sleep %s; echo done >> %s; echo after", marker, sleep, marker)})
 	}()
 	eventually(t, 5*time.Second, "the command to start", func() bool { return fileExists(marker + ".started") })
-	if s.DropConnections(s.Hosts[0]) == 0 {
-		t.Fatal("no connection to drop")
+	if !disrupt() {
+		t.Fatalf("nothing to disrupt for %s", what)
 	}
 	<-done
 	if err != nil {
-		t.Fatalf("Exec across a dropped connection: %v", err)
+		t.Fatalf("Exec across %s: %v", what, err)
 	}
 	if res.Stdout != "before\nafter\n" || res.Code != 0 {
 		t.Errorf("stdout %q code %d", res.Stdout, res.Code)
 	}
 	if got := readLines(t, marker); len(got) != 1 {
 		t.Errorf("marker has %d lines, want 1: the command ran again", len(got))
-	}
-	if mt := m.Metrics(); mt.Handshakes != 2 || mt.Reattached != 1 {
-		t.Errorf("metrics %+v, want 2 handshakes and 1 re-attach", mt)
 	}
 }
 
