@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/drover/drover/internal/pgtest"
 	"github.com/drover/drover/internal/proctest"
 )
 
@@ -178,21 +178,11 @@ func (c *cluster) drover(args ...string) (string, error) {
 	return out.String(), nil
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // start starts n servers with the given flags and waits until they answer.
 func (c *cluster) start(n int, args ...string) {
 	c.t.Helper()
 	for i := 0; i < n; i++ {
-		port := freePort(c.t)
+		port := pgtest.FreePort(c.t)
 		s := &server{name: fmt.Sprintf("s%d", len(c.servers)+1), url: fmt.Sprintf("http://127.0.0.1:%d", port), done: make(chan struct{})}
 		full := append([]string{"server", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--log-format", "text"}, args...)
 		s.cmd = exec.Command(droverBin, full...)

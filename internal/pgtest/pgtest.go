@@ -52,7 +52,7 @@ func New(t testing.TB, o Options) *Server {
 		vj, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(bins[j]))))
 		return vi < vj
 	})
-	p := &Server{t: t, bin: filepath.Dir(bins[len(bins)-1]), Port: freePort(t)}
+	p := &Server{t: t, bin: filepath.Dir(bins[len(bins)-1]), Port: FreePort(t)}
 	// PostgreSQL refuses to run as root: as root, run it as postgres in a
 	// directory that user owns (t.TempDir's parents are root's, mode 0700).
 	dir, err := os.MkdirTemp("", "drover-pg-")
@@ -132,7 +132,8 @@ func (p *Server) Stop() {
 	}
 }
 
-func freePort(t testing.TB) int {
+// FreePort returns a loopback TCP port nobody listens on now.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
