@@ -430,7 +430,11 @@ func (s *Server) DropConnections(h Host) int {
 			s.t.Fatalf("sshtest: %v", err)
 		}
 		n := 0
-		for _, pid := range sshdDescendants(h.daemon.cmd.Process.Pid) {
+		// Every sshd, not only the daemon's descendants: a connection's
+		// post-authentication child forked just after a scan is orphaned
+		// when its monitor is killed, and reparented away from the daemon.
+		// The inodes are those of this host's port alone.
+		for _, pid := range sshdDescendants(0) {
 			if holdsSocket(pid, inodes) && syscall.Kill(pid, syscall.SIGKILL) == nil {
 				n++
 			}
@@ -661,7 +665,8 @@ func (p *proxy) Close() error {
 	return p.l.Close()
 }
 
-// sshdDescendants lists the processes named sshd below pid, from /proc.
+// sshdDescendants lists the processes named sshd below pid (every one
+// with pid 0), from /proc.
 func sshdDescendants(pid int) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -695,6 +700,10 @@ func sshdDescendants(pid int) []int {
 	var out []int
 	for p := range parent {
 		if comm[p] != "sshd" {
+			continue
+		}
+		if pid == 0 {
+			out = append(out, p)
 			continue
 		}
 		for a := parent[p]; a > 1; a = parent[a] {
